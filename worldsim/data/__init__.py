@@ -1,0 +1,1 @@
+"""Recorded play: the episode store, the segment loader for training, and collection."""

@@ -1,0 +1,101 @@
+"""Random training segments from recorded episodes, with bounded memory.
+
+Frames are read through an uncompressed memory-mapped cache (`<dataset>/.cache/`, made
+once per split on first use), so datasets larger than RAM train with only the pages in
+use resident; actions, rewards and ends are small and kept in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from worldsim.data.store import DataError, Dataset, load_episode
+
+
+class Segment(NamedTuple):
+    """A batch of training segments (B = batch size, K = context, h = horizon).
+
+    obs (B, K+h, 3, H, W) uint8: K context frames then h target frames ·
+    act (B, K+h-1) int64: act[:, i] is the action taken at frame i ·
+    rew (B, h) float32 and end (B, h) bool: reward and termination of each target step ·
+    mask (B, K+h) bool: False where a frame is padding before the episode's start.
+    """
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    rew: torch.Tensor
+    end: torch.Tensor
+    mask: torch.Tensor
+
+
+class SegmentSampler:
+    """Draws random segments from one split of a dataset.
+
+    A segment ending at step t has context frames t-K+1..t (the first frame repeated, with
+    NOOP actions, where that reaches before the episode's start) and targets t+1..t+h.
+    """
+
+    def __init__(self, dataset: Dataset, split: str, context: int, horizon: int = 1):
+        self.ds, self.K, self.h = dataset, context, horizon
+        self.entries = [e for e in dataset.entries(split) if e["length"] >= horizon]
+        if not self.entries:
+            raise DataError(f"{dataset.root}: no {split} episodes with at least {horizon} steps")
+        self._small = []
+        for e in self.entries:
+            d = load_episode(dataset.root / e["file"], fields=("actions", "rewards", "terminated"))
+            self._small.append((d["actions"], d["rewards"], d["terminated"]))
+        # frame offsets of each episode inside the cache; every step ending a segment is
+        # sampled with equal probability
+        self.offsets = np.cumsum([0] + [e["length"] + 1 for e in self.entries])
+        self.starts = np.array([e["length"] - horizon + 1 for e in self.entries], np.int64)
+        self.cum = np.cumsum(self.starts)
+        self.all_frames = self._frame_cache(split)
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def _frame_cache(self, split: str) -> np.ndarray:
+        """All frames of the split in one uncompressed, memory-mapped file."""
+        h, w = self.ds.frame_size
+        key = hashlib.sha1(json.dumps([(e["file"], e["length"]) for e in self.entries]).encode())
+        path = self.ds.root / ".cache" / f"{split}-{key.hexdigest()[:12]}.npy"
+        shape = (int(self.offsets[-1]), h, w, 3)
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            for e, o in zip(self.entries, self.offsets[:-1], strict=True):
+                out[o : o + e["length"] + 1] = self.ds.load(e).frames
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        frames = np.load(path, mmap_mode="r")
+        if frames.shape != shape:
+            raise DataError(
+                f"{path}: frame cache has shape {frames.shape}, expected {shape}; delete it"
+            )
+        return frames
+
+    def segment(self, index: int) -> tuple[np.ndarray, ...]:
+        """The segment with global index `index` in [0, len(self))."""
+        i = int(np.searchsorted(self.cum, index, side="right"))
+        t = index - (self.cum[i - 1] if i else 0)  # last context frame
+        acts, rews, ends = self._small[i]
+        idx = np.arange(t - self.K + 1, t + self.h + 1)
+        frames = self.all_frames[self.offsets[i] + np.clip(idx, 0, None)]
+        act_idx = idx[:-1]
+        act = np.where(act_idx >= 0, acts[np.clip(act_idx, 0, None)], 0)
+        return (frames, act, rews[t : t + self.h], ends[t : t + self.h], idx >= 0)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Segment:
+        parts = [self.segment(int(j)) for j in rng.integers(0, len(self), batch_size)]
+        obs, act, rew, end, mask = (np.stack(x) for x in zip(*parts, strict=True))
+        return Segment(torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
+                       torch.from_numpy(act), torch.from_numpy(rew.astype(np.float32)),
+                       torch.from_numpy(end), torch.from_numpy(mask))  # fmt: skip

@@ -1,0 +1,218 @@
+"""The episode store: one lossless compressed file per episode plus a JSON manifest.
+
+A dataset folder holds `manifest.json` and `episodes/ep_000000.npz`, .... Every file is
+written to a temporary name and renamed into place, so a crash at any moment leaves each
+finished episode readable; an episode file that the manifest missed (a crash between the
+two writes) is picked up again when the folder is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+FIELDS = ("frames", "actions", "rewards", "terminated", "truncated")
+
+
+class DataError(ValueError):
+    """A dataset folder or episode file that cannot be used."""
+
+
+@dataclass
+class Episode:
+    """One episode: `frames[t + 1]` is what the game showed after `actions[t]`.
+
+    frames (T+1, H, W, 3) uint8 · actions (T,) int64 · rewards (T,) float32 ·
+    terminated (T,) bool · truncated (T,) bool.
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def check(self, where: str = "episode") -> None:
+        f, T = self.frames, len(self.actions)
+        if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
+            raise DataError(
+                f"{where}: frames must be (T+1, H, W, 3) uint8, got {f.shape} {f.dtype}"
+            )
+        if len(f) != T + 1:
+            raise DataError(f"{where}: {len(f)} frames for {T} actions; expected {T + 1}")
+        for name in FIELDS[2:]:
+            if len(getattr(self, name)) != T:
+                raise DataError(
+                    f"{where}: {name} has {len(getattr(self, name))} entries, expected {T}"
+                )
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(file_object)` on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_episode(path: Path, ep: Episode) -> None:
+    ep.check(str(path))
+    arrays = {
+        "frames": ep.frames,
+        "actions": ep.actions.astype(np.int64),
+        "rewards": ep.rewards.astype(np.float32),
+        "terminated": ep.terminated.astype(bool),
+        "truncated": ep.truncated.astype(bool),
+    }
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def load_episode(path: Path, fields: tuple[str, ...] = FIELDS) -> Episode | dict:
+    """Read an episode file; a damaged one raises one DataError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in fields}
+    except FileNotFoundError:
+        raise DataError(f"{path}: episode file is missing") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a readable episode file ({type(e).__name__}: {e})") from None
+    if fields != FIELDS:
+        return data
+    ep = Episode(**data)
+    ep.check(str(path))
+    return ep
+
+
+def is_test_episode(episode_id: int, test_fraction: float) -> bool:
+    """Held-out split by id: exactly `test_fraction` of consecutive ids, spread evenly.
+
+    >>> [i for i in range(20) if is_test_episode(i, 0.1)]
+    [9, 19]
+    """
+    return int((episode_id + 1) * test_fraction) > int(episode_id * test_fraction)
+
+
+class Dataset:
+    """A folder of episodes with its manifest (env id, action meanings, frame size, splits)."""
+
+    def __init__(self, root: Path, meta: dict):
+        self.root, self.meta = Path(root), meta
+
+    # --- opening and creating ----------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path) -> Dataset:
+        root = Path(root)
+        manifest = root / "manifest.json"
+        if not manifest.is_file():
+            raise DataError(f"{root}: not a worldsim dataset (no manifest.json)")
+        try:
+            meta = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{manifest}: not valid JSON ({e})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise DataError(f"{manifest}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+        ds = cls(root, meta)
+        ds._adopt_orphans()
+        return ds
+
+    @classmethod
+    def create_or_append(cls, root: str | Path, **meta) -> Dataset:
+        """Open `root` to append (its game and frame size must match) or start a new dataset."""
+        root = Path(root)
+        if (root / "manifest.json").exists():
+            ds = cls.open(root)
+            for key in ("env_id", "frame_size", "action_meanings", "test_fraction"):
+                if ds.meta[key] != meta[key]:
+                    raise DataError(
+                        f"{root}: holds {key}={ds.meta[key]!r}, cannot append {key}={meta[key]!r}"
+                    )
+            return ds
+        (root / "episodes").mkdir(parents=True, exist_ok=True)
+        ds = cls(root, {"format": FORMAT_VERSION, **meta, "episodes": []})
+        ds._write_manifest()
+        return ds
+
+    def _write_manifest(self) -> None:
+        text = json.dumps(self.meta, indent=1).encode()
+        atomic_write(self.root / "manifest.json", lambda f: f.write(text))
+
+    def _adopt_orphans(self) -> None:
+        known = {e["file"] for e in self.meta["episodes"]}
+        for path in sorted((self.root / "episodes").glob("ep_*.npz")):
+            if f"episodes/{path.name}" not in known:
+                d = load_episode(path, fields=("actions", "rewards"))
+                self.add_entry(
+                    int(path.stem[3:]), len(d["actions"]), float(d["rewards"].sum()), "?"
+                )
+
+    # --- episodes ----------------------------------------------------------------------
+    def path_for(self, episode_id: int) -> Path:
+        return self.root / "episodes" / f"ep_{episode_id:06d}.npz"
+
+    def next_id(self) -> int:
+        return max((e["id"] for e in self.meta["episodes"]), default=-1) + 1
+
+    def add_entry(self, episode_id: int, length: int, ret: float, policy: str) -> None:
+        """Record a finished episode file in the manifest (written atomically)."""
+        split = "test" if is_test_episode(episode_id, self.meta["test_fraction"]) else "train"
+        self.meta["episodes"].append(
+            {"id": episode_id, "file": f"episodes/ep_{episode_id:06d}.npz", "length": length,
+             "return": ret, "split": split, "policy": policy}
+        )  # fmt: skip
+        self.meta["episodes"].sort(key=lambda e: e["id"])
+        self._write_manifest()
+
+    def add(self, episode_id: int, ep: Episode, policy: str) -> None:
+        save_episode(self.path_for(episode_id), ep)
+        self.add_entry(episode_id, len(ep), float(ep.rewards.sum()), policy)
+
+    def entries(self, split: str | None = None) -> list[dict]:
+        if split not in (None, "train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+        return [e for e in self.meta["episodes"] if split is None or e["split"] == split]
+
+    def load(self, entry: dict) -> Episode:
+        return load_episode(self.root / entry["file"])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return tuple(self.meta["frame_size"])
+
+    @property
+    def action_meanings(self) -> list[str]:
+        return list(self.meta["action_meanings"])
+
+    def summary(self) -> str:
+        lines = [f"dataset   {self.root}", f"game      {self.meta['env_id']}",
+                 f"frames    {self.frame_size[0]}x{self.frame_size[1]} RGB",
+                 f"actions   {', '.join(self.action_meanings)}"]  # fmt: skip
+        for split in ("train", "test"):
+            es = self.entries(split)
+            steps = sum(e["length"] for e in es)
+            rets = np.array([e["return"] for e in es] or [0.0])
+            lens = np.array([e["length"] for e in es] or [0])
+            lines.append(
+                f"{split:<9} {len(es)} episodes, {steps} steps; length {lens.mean():.0f} "
+                f"(min {lens.min()}, max {lens.max()}); return {rets.mean():.1f} ± {rets.std():.1f}"
+            )
+        policies = sorted({e["policy"] for e in self.entries()})
+        lines.append(f"policies  {', '.join(policies) or '-'}")
+        return "\n".join(lines)
