@@ -7,6 +7,7 @@ frozen dataclasses built here. Unknown keys and wrong types are errors that name
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -87,7 +88,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def compose(name: str, overrides: list[str]) -> dict[str, Any]:
+def load_config(name: str, cls: type[T], overrides: list[str]) -> T:
+    """Compose `configs/<name>.yaml` with hydra `overrides` into a `cls` instance.
+
+    The dataclass defaults are the base layer (`<name>_schema` in hydra's ConfigStore), so
+    every field can be overridden from the command line, and the YAML holds only presets.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    defaults = json.loads(json.dumps(dataclasses.asdict(cls())))  # tuples -> lists
+    ConfigStore.instance().store(name=f"{name}_schema", node=defaults)
+    return from_dict(cls, compose(name, overrides, [f.name for f in dataclasses.fields(cls)]))
+
+
+def compose(name: str, overrides: list[str], valid: list[str]) -> dict[str, Any]:
     """Compose `configs/<name>.yaml` with hydra overrides into a plain, resolved dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -100,10 +114,10 @@ def compose(name: str, overrides: list[str]) -> dict[str, Any]:
             cfg = hydra_compose(name, overrides=overrides)
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_one_line(str(e), name)) from None
+        raise ConfigError(_one_line(str(e), name, valid)) from None
 
 
-def _one_line(msg: str, name: str) -> str:
+def _one_line(msg: str, name: str, valid: list[str]) -> str:
     """Turn hydra's multi-line errors into one line that lists the valid choices."""
     lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
     if "Could not find" in msg and "Available options" in msg:
@@ -113,5 +127,34 @@ def _one_line(msg: str, name: str) -> str:
         return f"unknown {group} {bad.split('/')[-1]!r}; valid: {', '.join(lines[i + 1 :])}"
     if "not in struct" in msg or "Could not override" in msg:
         key = lines[0].split("'")[1] if "'" in lines[0] else lines[0]
-        return f"unknown config key {key!r} for '{name}' (see `worldsim {name} --help`)"
+        return f"unknown config key {key!r} for '{name}'; valid keys: {', '.join(valid)}"
     return " ".join(lines)
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, default, docstring) for every field of a config dataclass, nested ones flattened."""
+    docs = _field_docs(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(default):
+            rows.append((prefix + f.name, "", docs.get(f.name, "")))
+            rows += describe(type(default), prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, default, docs.get(f.name, "")))
+    return rows
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings: the string literal right after each field in the class body."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body, docs = tree.body[0].body, {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

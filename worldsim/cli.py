@@ -1,0 +1,119 @@
+"""The `worldsim` command: one subcommand per stage of the game -> world path.
+
+Stage commands take hydra overrides (`key=value`, `group=option`); `worldsim CMD --help`
+lists every key with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from worldsim.config import ConfigError, describe, load_config
+
+
+def _collect(overrides: list[str]) -> None:
+    from worldsim.data.collect import CollectConfig, collect
+
+    ds = collect(load_config("collect", CollectConfig, overrides))
+    print(ds.summary())
+
+
+# name -> (one-line help, config dataclass getter, runner)
+def _commands() -> dict[str, tuple[str, Callable, Callable]]:
+    def cfg_of(module: str, name: str) -> Callable:
+        def get():
+            import importlib
+
+            return getattr(importlib.import_module(module), name)
+
+        return get
+
+    return {
+        "collect": ("record play of a game into an episode dataset",
+                    cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
+    }  # fmt: skip
+
+
+def _data(argv: list[str]) -> None:
+    from worldsim.data.store import Dataset
+
+    parser = argparse.ArgumentParser(prog="worldsim data", description="Inspect episode datasets.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    info = sub.add_parser("info", help="print a dataset's games, splits, lengths and returns")
+    info.add_argument("dir")
+    video = sub.add_parser("video", help="export an episode to an H.264 mp4")
+    video.add_argument("dir")
+    video.add_argument("--episode", type=int, default=None, help="episode id (default: the first)")
+    video.add_argument("--out", default=None, help="mp4 path (default: <dir>/ep_<id>.mp4)")
+    video.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor")
+    video.add_argument("--fps", type=int, default=15)
+    video.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    args = parser.parse_args(argv)
+    ds = Dataset.open(args.dir)
+    if args.action == "info":
+        print(ds.summary())
+        return
+    from worldsim.video import write_mp4
+
+    entries = ds.entries()
+    if not entries:
+        raise ConfigError(f"{args.dir}: dataset has no episodes")
+    ids = [e["id"] for e in entries]
+    ep_id = ids[0] if args.episode is None else args.episode
+    if ep_id not in ids:
+        raise ConfigError(f"no episode {ep_id} in {args.dir}; ids run {ids[0]}..{ids[-1]}")
+    out = args.out or f"{args.dir}/ep_{ep_id:06d}.mp4"
+    frames = ds.load(entries[ids.index(ep_id)]).frames
+    write_mp4(out, frames, fps=args.fps, scale=args.scale, overwrite=args.overwrite)
+    print(f"wrote {out} ({len(frames)} frames)")
+
+
+def _usage(commands) -> str:
+    lines = ["usage: worldsim COMMAND [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (desc, _, _) in commands.items()]
+    lines += [f"  {'data':<10} inspect datasets: data info DIR | data video DIR [--episode N]"]
+    lines += ["", "`worldsim COMMAND --help` lists a command's keys and defaults."]
+    return "\n".join(lines)
+
+
+def _command_help(name: str, desc: str, cls) -> str:
+    lines = [f"usage: worldsim {name} [key=value ...]", "", desc, "", "keys (default):"]
+    for key, default, doc in describe(cls):
+        shown = "" if default == "" else f" ({default!r})"
+        lines.append(f"  {key}{shown}\n      {doc}" if doc else f"  {key}{shown}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = _commands()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(commands))
+        return 0
+    name, rest = argv[0], argv[1:]
+    try:
+        if name == "data":
+            _data(rest)
+            return 0
+        if name not in commands:
+            valid = ", ".join([*commands, "data"])
+            print(f"worldsim: unknown command {name!r}; valid: {valid}", file=sys.stderr)
+            return 2
+        desc, get_cls, run = commands[name]
+        if any(a in ("-h", "--help") for a in rest):
+            print(_command_help(name, desc, get_cls()))
+            return 0
+        run(rest)
+        return 0
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"worldsim {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldsim {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Writing frames to H.264 mp4 (imageio-ffmpeg ships an ffmpeg binary; browsers play it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscale of (..., H, W, 3) frames.
+
+    >>> upscale(np.zeros((2, 4, 4, 3), np.uint8), 3).shape
+    (2, 12, 12, 3)
+    """
+    return frames.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 4,
+              overwrite: bool = False) -> Path:  # fmt: skip
+    """Write (T, H, W, 3) uint8 frames to an H.264 mp4; refuses to replace a file unless asked."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite to replace it")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    try:
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                pixelformat="yuv420p", ffmpeg_log_level="error") as w:  # fmt: skip
+            for frame in upscale(frames, scale):
+                w.append_data(frame)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
