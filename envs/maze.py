@@ -74,15 +74,16 @@ def _carve(n: int, rng: np.random.Generator) -> np.ndarray:
     return walls
 
 
-def _farthest(walls: np.ndarray, start: tuple[int, int]) -> tuple[int, int]:
-    """The open tile farthest from `start` along the maze: in a tree, always a dead end."""
-    found, queue = {start}, [start]
-    for r, c in queue:  # breadth-first: the last tile queued is the farthest
+def _distances(walls: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """Steps along the maze from `start` to every open tile (-1 on walls), by BFS."""
+    dist = np.full(walls.shape, -1)
+    dist[start], queue = 0, [start]
+    for r, c in queue:  # the list grows while we walk it: a FIFO queue
         for a, b in STEPS:
-            if not walls[r + a, c + b] and (r + a, c + b) not in found:
-                found.add((r + a, c + b))
+            if not walls[r + a, c + b] and dist[r + a, c + b] < 0:
+                dist[r + a, c + b] = dist[r, c] + 1
                 queue.append((r + a, c + b))
-    return queue[-1]
+    return dist
 
 
 def _first_crossing(grid, p, q, d, e):
@@ -167,7 +168,10 @@ class MazeEnv(gym.Env):
         self.walls = _carve(self.size, self.np_random)
         last = 2 * self.size - 2  # from the first cell tile to the last
         row, col = (int(i) * last + 1 for i in self.np_random.integers(0, 2, size=2))
-        self.goal = _farthest(self.walls, (row, col))
+        from_start = _distances(self.walls, (row, col))
+        # The farthest tile of a tree is a dead end, so the exit shows three green faces.
+        self.goal = tuple(int(i) for i in np.unravel_index(from_start.argmax(), from_start.shape))
+        self._to_goal = _distances(self.walls, self.goal)
         self.x, self.y = col + 0.5, row + 0.5
         open_ways = [i for i, (a, b) in enumerate(STEPS) if not self.walls[row + a, col + b]]
         self.heading = TURNS // 4 * int(self.np_random.choice(open_ways))
@@ -245,37 +249,31 @@ class MazeEnv(gym.Env):
 
     # --- for the scripted coverage policy ----------------------------------------------
     def autopilot_action(self, rng: np.random.Generator) -> int:
-        """An explorer that walks the corridors, preferring the least visited way at each
-        tile centre, with noise so the data also covers idling, backing, odd angles and bumps.
+        """Walk the corridors, picking a way at each tile centre (least visited, or towards
+        the exit), with noise so the data also covers idling, backing, odd angles and bumps.
         """
-        if rng.random() < 0.08:
+        if rng.random() < 0.06:
             return int(rng.integers(0, 5))
-        if rng.random() < 0.02:  # look around: face a random angle, walk off-axis for a bit
+        if rng.random() < 0.005:  # look around, then walk off-axis for a while
             self._target = int(rng.integers(0, TURNS))
-        if self.heading != self._target:
-            return 4 if 0 < (self._target - self.heading) % TURNS <= TURNS // 2 else 3
         tile = (int(self.y), int(self.x))
-        centred = abs(self.x % 1 - 0.5) < 0.13 and abs(self.y % 1 - 0.5) < 0.13
-        blocked = self._ahead < MOVE + RADIUS + 0.05
+        centred = max(abs(self.x % 1 - 0.5), abs(self.y % 1 - 0.5)) < 0.13
+        blocked = self.heading == self._target and self._ahead < MOVE + RADIUS + 0.05
         if blocked and rng.random() < 0.3:
-            return 1 if rng.random() < 0.5 else 2  # bump the wall, or back off it
+            return int(rng.choice((1, 2)))  # bump the wall, or back off it
         if (centred and tile != self._decided_at) or blocked:
             self._decided_at = tile
             self._visits[tile] += 1
             self._target = self._choose_heading(rng, tile)
-            if self._target != self.heading:
-                return self.autopilot_action(rng)
+        if self.heading != self._target:
+            return 4 if 0 < (self._target - self.heading) % TURNS <= TURNS // 2 else 3
         return 1
 
     def _choose_heading(self, rng: np.random.Generator, tile: tuple[int, int]) -> int:
-        """An open axis heading from `tile`, least visited first, turning back only at
-        dead ends."""
+        """An open axis heading from `tile`; turns back only at dead ends."""
         ways = [i for i, (a, b) in enumerate(STEPS) if not self.walls[tile[0] + a, tile[1] + b]]
         back = (round(self.heading / (TURNS // 4)) + 2) % 4
         ways = [i for i in ways if i != back] or ways or [back]
-        if rng.random() < 0.15:
-            return TURNS // 4 * int(rng.choice(ways))
-        visits = [
-            self._visits[tile[0] + 2 * a, tile[1] + 2 * b] for a, b in (STEPS[i] for i in ways)
-        ]
-        return TURNS // 4 * ways[int(np.argmin(np.array(visits) + rng.random(len(ways))))]
+        nexts = tuple(np.array([(tile[0] + STEPS[i][0], tile[1] + STEPS[i][1]) for i in ways]).T)
+        score = self._to_goal[nexts] if rng.random() < 0.5 else self._visits[nexts]
+        return TURNS // 4 * ways[int(np.argmin(score + rng.random(len(ways))))]

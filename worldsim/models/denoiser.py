@@ -1,0 +1,111 @@
+"""The EDM denoiser D(x, sigma | past frames, actions) -> x0 of the next frame."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldsim.models.precond import Scalings, consistency_scalings, edm_scalings
+from worldsim.models.unet import UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """The next-frame diffusion model."""
+
+    context: int = 4
+    """K: past frames (and actions) the model sees."""
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    """Network size."""
+    sigma_data: float = 0.5
+    """EDM: standard deviation of the data (frames scaled to [-1, 1])."""
+    P_mean: float = -0.4
+    """EDM: mean of log-sigma in training (DIAMOND's Atari value)."""
+    P_std: float = 1.2
+    """EDM: standard deviation of log-sigma in training."""
+    ctx_noise_max: float = 0.3
+    """Context frames get Gaussian noise of a level drawn in [0, ctx_noise_max] in training
+    (GameNGen); the network is told the level. Keeps autoregressive rollouts from drifting."""
+    ctx_noise_p: float = 0.7
+    """Share of training samples whose context is noised."""
+    sigma_min: float = 0.002
+    """Smallest noise level: the consistency boundary condition holds here."""
+
+
+def fourier(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed random-frequency Fourier features of a (B,) tensor -> (B, dim)."""
+    g = torch.Generator().manual_seed(0)
+    freqs = torch.randn(dim // 2, generator=g).to(x.device) * 2 * math.pi
+    angles = x[:, None].float() * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class Denoiser(nn.Module):
+    """D(x, sigma, obs, act, sigma_ctx) -> x0 (Karras et al. 2022, eq. 7).
+
+    x (B, 3, H, W) noisy next frame · sigma (B,) · obs (B, K, 3, H, W) past frames in
+    [-1, 1] · act (B, K) actions (act[:, -1] is the one being taken) · sigma_ctx (B,) the
+    noise level of obs. `parameterization` "consistency" gives the student of the one-step
+    head: the same network with c_skip(sigma_min) = 1, c_out(sigma_min) = 0.
+
+    >>> from worldsim.models.unet import UNetConfig
+    >>> cfg = DenoiserConfig(unet=UNetConfig(channels=(8, 8), attention=(False, False), cond_dim=16))
+    >>> D = Denoiser(cfg, num_actions=4)
+    >>> x0 = D(torch.zeros(2, 3, 16, 16), torch.ones(2), torch.zeros(2, 4, 3, 16, 16),
+    ...        torch.zeros(2, 4, dtype=torch.long), torch.zeros(2))
+    >>> x0.shape
+    torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, cfg: DenoiserConfig, num_actions: int,
+                 parameterization: Literal["edm", "consistency"] = "edm"):  # fmt: skip
+        super().__init__()
+        self.cfg, self.num_actions, self.parameterization = cfg, num_actions, parameterization
+        d = cfg.unet.cond_dim
+        self.act_emb = nn.Embedding(num_actions, d // 4)
+        self.cond_mlp = nn.Sequential(
+            nn.Linear(2 * (d // 2) + cfg.context * (d // 4), d), nn.SiLU(), nn.Linear(d, d)
+        )
+        self.net = UNet(cfg.unet, c_in=3 * (cfg.context + 1), c_out=3)
+
+    def scalings(self, sigma: torch.Tensor) -> Scalings:
+        if self.parameterization == "consistency":
+            return consistency_scalings(sigma, self.cfg.sigma_data, self.cfg.sigma_min)
+        return edm_scalings(sigma, self.cfg.sigma_data)
+
+    def raw(self, x, sigma, obs, act, sigma_ctx) -> tuple[torch.Tensor, Scalings]:
+        """The network output F and the scalings, before the skip connection."""
+        s = self.scalings(sigma)
+        B = x.shape[0]
+        d = self.cfg.unet.cond_dim
+        noise_feats = torch.cat(
+            [fourier(s.c_noise, d // 2), fourier((sigma_ctx + 1e-3).log() / 4, d // 2)], dim=1
+        )
+        cond = self.cond_mlp(torch.cat([noise_feats, self.act_emb(act).reshape(B, -1)], dim=1))
+        c_in = s.c_in.view(B, 1, 1, 1)
+        inp = torch.cat([x * c_in, obs.reshape(B, -1, *obs.shape[-2:])], dim=1)
+        return self.net(inp, cond), s
+
+    def forward(self, x, sigma, obs, act, sigma_ctx) -> torch.Tensor:
+        F_x, s = self.raw(x, sigma, obs, act, sigma_ctx)
+        B = x.shape[0]
+        return s.c_skip.view(B, 1, 1, 1) * x + s.c_out.view(B, 1, 1, 1) * F_x
+
+    def loss(self, x0, obs, act, generator: torch.Generator | None = None) -> torch.Tensor:
+        """EDM training loss (Karras et al. 2022, eq. 2 with the F-target of eq. 8), on
+        noise-augmented context (GameNGen). x0 (B, 3, H, W) and obs in [-1, 1]."""
+        cfg, B, dev = self.cfg, x0.shape[0], x0.device
+        rnd = lambda *shape: torch.randn(*shape, generator=generator, device=dev)  # noqa: E731
+        sigma = (cfg.P_mean + cfg.P_std * rnd(B)).exp()
+        noisy_ctx = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_p
+        sigma_ctx = torch.rand(B, generator=generator, device=dev) * cfg.ctx_noise_max * noisy_ctx
+        obs = obs + sigma_ctx.view(B, 1, 1, 1, 1) * rnd(*obs.shape)
+        x = x0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
+        F_x, s = self.raw(x, sigma, obs, act, sigma_ctx)
+        target = (x0 - s.c_skip.view(B, 1, 1, 1) * x) / s.c_out.view(B, 1, 1, 1)
+        return F.mse_loss(F_x, target)

@@ -1,0 +1,119 @@
+"""Samplers: draw x0 given a denoiser closure `denoise(x, sigma) -> x0` and unit noise.
+
+All share one signature, `sampler(denoise, noise, cfg, generator) -> x0`, so the
+consistency samplers of the one-step head slot in beside Euler and Heun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How a frame is drawn."""
+
+    name: Literal["euler", "heun", "onestep", "multistep"] = "euler"
+    """euler/heun: ODE solvers on the teacher; onestep/multistep: the consistency student."""
+    steps: int = 3
+    """Network evaluations (heun uses 2 per step but the last); onestep ignores it."""
+    sigma_min: float = 0.002
+    """Smallest noise level of the schedule."""
+    sigma_max: float = 5.0
+    """Starting noise level."""
+    rho: float = 7.0
+    """Karras schedule curvature."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per frame."""
+        if self.name == "onestep":
+            return 1
+        return 2 * self.steps - 1 if self.name == "heun" else self.steps
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """Noise levels of Karras et al. 2022, eq. 5, from sigma_max down to sigma_min.
+
+    >>> [round(s, 4) for s in karras_sigmas(3, 0.002, 5.0, 7.0).tolist()]
+    [5.0, 0.2831, 0.002]
+    >>> karras_sigmas(1, 0.002, 5.0, 7.0).tolist()
+    [5.0]
+    """
+    if steps == 1:
+        return torch.tensor([sigma_max])
+    ramp = torch.linspace(0, 1, steps)
+    inv_rho = 1 / rho
+    return (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+
+
+def _full(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
+
+
+def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+    """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without the
+    second-order step); the last step jumps to sigma = 0, so 1 step is x0 = D(sigma_max z)."""
+    sigmas = torch.cat([karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)])
+    x = noise * sigmas[0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        d = (x - denoise(x, _full(x, s))) / s
+        x = x + (s_next - s) * d
+    return x
+
+
+def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic)."""
+    sigmas = torch.cat([karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)])
+    x = noise * sigmas[0]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        d = (x - denoise(x, _full(x, s))) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:
+            d_next = (x_next - denoise(x_next, _full(x, s_next))) / s_next
+            x_next = x + (s_next - s) * (d + d_next) / 2
+        x = x_next
+    return x
+
+
+def onestep(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+    """One-step consistency sampling (Song et al. 2023, Algorithm 1): x = f(sigma_max z)."""
+    return denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
+
+
+def multistep(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): denoise, re-noise to
+    the next level of the Karras schedule, denoise again; `steps` evaluations."""
+    sigmas = karras_sigmas(cfg.steps + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1]
+    x = denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
+    for s in sigmas[1:]:
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_s = x + (s**2 - cfg.sigma_min**2).sqrt() * z
+        x = denoise(x_s, _full(x, s))
+    return x
+
+
+SAMPLERS = {"euler": euler, "heun": heun, "onestep": onestep, "multistep": multistep}
+
+
+def sample(denoise: DenoiseFn, noise: torch.Tensor, cfg: SamplerConfig, generator=None):
+    """Draw x0 with the sampler `cfg.name`.
+
+    >>> x0 = torch.full((1, 3, 4, 4), 0.25)
+    >>> perfect = lambda x, sigma: x0  # an oracle denoiser
+    >>> bool(torch.allclose(sample(perfect, torch.randn(1, 3, 4, 4), SamplerConfig("heun", 5)), x0))
+    True
+    """
+    return SAMPLERS[cfg.name](denoise, noise, cfg, generator)

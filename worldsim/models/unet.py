@@ -1,0 +1,140 @@
+"""A U-Net whose residual blocks are conditioned by adaptive group norm (DIAMOND-style).
+
+The full-resolution level dominates the cost on a CPU, so the network can start with a
+pixel-unshuffle stem: a 64x64 input is folded into 32x32 with 4x the channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Size of the U-Net."""
+
+    channels: tuple[int, ...] = (64, 96, 128)
+    """Channels per level; each further level halves the resolution."""
+    blocks: int = 2
+    """Residual blocks per level (down path; the up path has one more)."""
+    attention: tuple[bool, ...] = (False, False, True)
+    """Self-attention after each block of a level (use it only at low resolution)."""
+    stem: int = 2
+    """Pixel-unshuffle factor of the input (1 = work at full resolution)."""
+    cond_dim: int = 256
+    """Width of the conditioning vector (noise levels and actions)."""
+
+    def __post_init__(self):
+        if len(self.attention) != len(self.channels):
+            raise ValueError(
+                f"model.unet.attention needs one flag per level ({len(self.channels)}), "
+                f"got {list(self.attention)}"
+            )
+        if self.stem not in (1, 2, 4):
+            raise ValueError(f"model.unet.stem must be 1, 2 or 4, got {self.stem}")
+
+    @property
+    def downsampling(self) -> int:
+        """Total resolution reduction: frame sides must be a multiple of this."""
+        return self.stem * 2 ** (len(self.channels) - 1)
+
+
+def _groups(c: int) -> int:
+    return next(g for g in (32, 16, 8, 4, 2, 1) if c % g == 0 and c // g >= 4) if c >= 4 else 1
+
+
+class AdaGroupNorm(nn.Module):
+    """GroupNorm whose scale and shift are predicted from the conditioning vector."""
+
+    def __init__(self, c: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(c), c, affine=False)
+        self.proj = nn.Linear(cond_dim, 2 * c)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, attention: bool):
+        super().__init__()
+        self.norm1, self.norm2 = AdaGroupNorm(c_in, cond_dim), AdaGroupNorm(c_out, cond_dim)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.attn = SelfAttention(c_out) if attention else None
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, cond)))
+        h = self.conv2(F.silu(self.norm2(h, cond)))
+        x = self.skip(x) + h
+        return self.attn(x) if self.attn is not None else x
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, c: int, head_dim: int = 32):
+        super().__init__()
+        self.heads = max(1, c // head_dim)
+        self.norm = nn.GroupNorm(_groups(c), c)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.out = nn.Conv2d(c, c, 1)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        y = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """(B, c_in, H, W), (B, cond_dim) -> (B, c_out, H, W).
+
+    >>> net = UNet(UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8), 15, 3)
+    >>> net(torch.zeros(2, 15, 16, 16), torch.zeros(2, 8)).shape
+    torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, cfg: UNetConfig, c_in: int, c_out: int):
+        super().__init__()
+        self.cfg, ch, d = cfg, cfg.channels, cfg.cond_dim
+        self.stem = nn.Conv2d(c_in * cfg.stem**2, ch[0], 3, padding=1)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i + 1], 3, 2, 1) for i in range(len(ch) - 1))
+        self.upsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 3, padding=1) for i in range(len(ch) - 1))
+        for c, att in zip(ch, cfg.attention, strict=True):
+            self.down.append(nn.ModuleList(ResBlock(c, c, d, att) for _ in range(cfg.blocks)))
+            self.up.append(nn.ModuleList(ResBlock(2 * c, c, d, att) for _ in range(cfg.blocks + 1)))
+        self.mid = nn.ModuleList([ResBlock(ch[-1], ch[-1], d, True), ResBlock(ch[-1], ch[-1], d, False)])
+        self.out_norm = nn.GroupNorm(_groups(ch[0]), ch[0])
+        self.out = nn.Conv2d(ch[0], c_out * cfg.stem**2, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.cfg.stem > 1:
+            x = F.pixel_unshuffle(x, self.cfg.stem)
+        h = self.stem(x)
+        skips = [h]
+        for i, blocks in enumerate(self.down):
+            for block in blocks:
+                h = block(h, cond)
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                skips.append(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for i in reversed(range(len(self.up))):
+            for block in self.up[i]:
+                h = block(torch.cat([h, skips.pop()], dim=1), cond)
+            if i > 0:
+                h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        h = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(h, self.cfg.stem) if self.cfg.stem > 1 else h
