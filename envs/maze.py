@@ -45,8 +45,7 @@ def _background() -> np.ndarray:
 
 
 def _palette() -> np.ndarray:
-    """Every colour a pixel can take, (N, 3) uint8: each texel under every shading, then the
-    background, so one gather draws a whole frame."""
+    """Every texel under every shading, then the background: one gather draws a frame."""
     side = np.array([1.0, SIDE_SHADE])[:, None]
     shade = side * 0.88 ** np.arange(SHADES)  # (2, SHADES)
     bank = _textures()[:, None, None] * shade[None, :, :, None, None, None]
@@ -87,13 +86,10 @@ def _distances(walls: np.ndarray, start: tuple[int, int]) -> np.ndarray:
 
 
 def _first_crossing(grid, p, q, d, e):
-    """For every ray, the first wall entered across the grid lines normal to one axis.
-
-    p, q: player coordinates along and across that axis; d, e: ray components, (W,).
-    `grid` is indexed [across, along]. Checks all crossings at once instead of stepping.
-    Returns (t, q at the hit, tile along, tile across), each (W,); t is the
-    perpendicular wall distance since the rays are not normalised.
-    """
+    """Each ray's first wall entered across the grid lines normal to one axis, testing all
+    crossings at once. p, q: the player along / across that axis; d, e: ray components (W,);
+    `grid` is [across, along]. Returns (t, q at the hit, tile along, tile across), each (W,);
+    t is the perpendicular wall distance, as the rays are not normalised."""
     d = np.where(np.abs(d) < 1e-9, 1e-9, d)
     line = np.floor(p) + (d > 0)[:, None] + np.sign(d)[:, None] * np.arange(grid.shape[1])
     along = np.clip(line.astype(int) - (d < 0)[:, None], 0, grid.shape[1] - 1)  # (W, K)
@@ -104,6 +100,10 @@ def _first_crossing(grid, p, q, d, e):
     k, w = hit.argmax(axis=1), np.arange(len(d))
     t_hit = np.where(hit[w, k], t[w, k], np.inf)
     return t_hit, q_at[w, k], along[w, k], across[w, k]
+
+
+PALETTE = _palette()
+BACKGROUND_INDEX = len(PALETTE) - SIZE * SIZE + np.arange(SIZE * SIZE).reshape(SIZE, SIZE)
 
 
 class MazeEnv(gym.Env):
@@ -120,7 +120,8 @@ class MazeEnv(gym.Env):
     quarter tile and slide along walls; turns are pi/12.
 
     ## Observation Space
-    `Box(0, 255, (64, 64, 3), uint8)`: the first-person view.
+    `Box(0, 255, (64, 64, 3), uint8)`: the first-person view. `info` holds the player's
+    `x`, `y` (in tiles) and `heading` (radians; y points down the map, so it turns clockwise).
 
     ## Rewards
     +1 on reaching the exit cell, 0 otherwise.
@@ -129,7 +130,7 @@ class MazeEnv(gym.Env):
     Terminated on reaching the exit. Registered with a 500-step time limit.
 
     ## Arguments
-    `size` (default 8): maze cells per side, at least 2. `render_mode`: `"rgb_array"` or `None`.
+    `size` (default 6): maze cells per side, at least 2. `render_mode`: `"rgb_array"` or `None`.
 
     >>> env = MazeEnv()
     >>> obs, info = env.reset(seed=0)
@@ -140,7 +141,7 @@ class MazeEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
     ACTION_MEANINGS = ("NOOP", "FORWARD", "BACK", "TURN_LEFT", "TURN_RIGHT")
 
-    def __init__(self, size: int = 8, render_mode: str | None = None):
+    def __init__(self, size: int = 6, render_mode: str | None = None):
         if size < 2:
             raise ValueError(f"size must be at least 2, got {size}")
         if render_mode not in (None, "rgb_array"):
@@ -149,10 +150,6 @@ class MazeEnv(gym.Env):
         self.render_mode = render_mode
         self.action_space = spaces.Discrete(5)
         self.observation_space = spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
-        self._palette = _palette()
-        self._bg_index = (
-            len(self._palette) - SIZE * SIZE + np.arange(SIZE * SIZE).reshape(SIZE, SIZE)
-        )
 
     def get_action_meanings(self) -> list[str]:
         return list(self.ACTION_MEANINGS)
@@ -175,7 +172,7 @@ class MazeEnv(gym.Env):
         self.x, self.y = col + 0.5, row + 0.5
         open_ways = [i for i, (a, b) in enumerate(STEPS) if not self.walls[row + a, col + b]]
         self.heading = TURNS // 4 * int(self.np_random.choice(open_ways))
-        self._target, self._decided_at = self.heading, None
+        self._axis, self._decided_at = self.heading, None
         self._visits = np.zeros(self.walls.shape, int)
         return self._observe(), self._info()
 
@@ -192,18 +189,13 @@ class MazeEnv(gym.Env):
 
     def _move(self, dist: float):
         """Move along the heading one axis at a time, so a blocked axis slides on the other."""
-        dx, dy = DIRS[self.heading] * dist
-        if dx and self._free(self.x + dx, self.y):
-            self.x += dx
-        elif dx:  # stop flush against the wall rather than short of it
-            col = int(self.x + dx + np.sign(dx) * RADIUS)
-            self.x = col - RADIUS - 1e-6 if dx > 0 else col + 1 + RADIUS + 1e-6
-        if dy and self._free(self.x, self.y + dy):
-            self.y += dy
-        elif dy:
-            row = int(self.y + dy + np.sign(dy) * RADIUS)
-            self.y = row - RADIUS - 1e-6 if dy > 0 else row + 1 + RADIUS + 1e-6
-        self.x, self.y = float(self.x), float(self.y)
+        for axis, delta in enumerate(DIRS[self.heading] * dist):
+            pos = [self.x, self.y]
+            pos[axis] += delta
+            if not self._free(*pos):  # stop flush against the wall rather than short of it
+                edge = int(pos[axis] + np.sign(delta) * RADIUS)
+                pos[axis] = edge - RADIUS - 1e-6 if delta > 0 else edge + 1 + RADIUS + 1e-6
+            self.x, self.y = float(pos[0]), float(pos[1])
 
     def _free(self, x: float, y: float) -> bool:
         r0, r1, c0, c1 = int(y - RADIUS), int(y + RADIUS), int(x - RADIUS), int(x + RADIUS)
@@ -238,8 +230,8 @@ class MazeEnv(gym.Env):
         texel_col = np.minimum((u * TEX).astype(int), TEX - 1)
         texel_row = np.clip((v * TEX).astype(int), 0, TEX - 1)
         index = (texture * TEX + texel_row) * TEX + texel_col
-        index = np.where((v >= 0) & (v < 1), index, self._bg_index)
-        self._frame = np.take(self._palette, index, axis=0)
+        index = np.where((v >= 0) & (v < 1), index, BACKGROUND_INDEX)
+        self._frame = np.take(PALETTE, index, axis=0)
         return self._frame.copy()
 
     def render(self):
@@ -250,30 +242,34 @@ class MazeEnv(gym.Env):
     # --- for the scripted coverage policy ----------------------------------------------
     def autopilot_action(self, rng: np.random.Generator) -> int:
         """Walk the corridors, picking a way at each tile centre (least visited, or towards
-        the exit), with noise so the data also covers idling, backing, odd angles and bumps.
+        the exit), with noise so the data also covers idling, backing, glances and bumps.
         """
         if rng.random() < 0.06:
             return int(rng.integers(0, 5))
-        if rng.random() < 0.005:  # look around, then walk off-axis for a while
-            self._target = int(rng.integers(0, TURNS))
+        if rng.random() < 0.005:  # glance down a random axis, wall or not
+            self._axis = TURNS // 4 * int(rng.integers(0, 4))
+        if self.heading == self._axis and self._ahead < 0.6 and rng.random() < 0.7:
+            return 1 if rng.random() < 0.85 else 2  # push into the wall a while, or back off
+        offset = np.array([self.x % 1, self.y % 1]) - 0.5
         tile = (int(self.y), int(self.x))
-        centred = max(abs(self.x % 1 - 0.5), abs(self.y % 1 - 0.5)) < 0.13
-        blocked = self.heading == self._target and self._ahead < MOVE + RADIUS + 0.05
-        if blocked and rng.random() < 0.3:
-            return int(rng.choice((1, 2)))  # bump the wall, or back off it
-        if (centred and tile != self._decided_at) or blocked:
+        if max(abs(offset)) < 0.2 and tile != self._decided_at:
             self._decided_at = tile
             self._visits[tile] += 1
-            self._target = self._choose_heading(rng, tile)
-        if self.heading != self._target:
-            return 4 if 0 < (self._target - self.heading) % TURNS <= TURNS // 2 else 3
+            self._axis = self._choose_axis(rng, tile)
+        # Steer back to the corridor's centre line, or corners would snag the player.
+        side = offset @ (-DIRS[self._axis][1], DIRS[self._axis][0])  # > 0: right of it
+        target = (self._axis - int(np.sign(side)) * (abs(side) > 0.15)) % TURNS
+        if self.heading == target and self._ahead < MOVE + RADIUS + 0.05:  # arrived off-centre
+            target = self._axis = self._choose_axis(rng, tile)
+        if self.heading != target:
+            return 4 if 0 < (target - self.heading) % TURNS <= TURNS // 2 else 3
         return 1
 
-    def _choose_heading(self, rng: np.random.Generator, tile: tuple[int, int]) -> int:
+    def _choose_axis(self, rng: np.random.Generator, tile: tuple[int, int]) -> int:
         """An open axis heading from `tile`; turns back only at dead ends."""
         ways = [i for i, (a, b) in enumerate(STEPS) if not self.walls[tile[0] + a, tile[1] + b]]
         back = (round(self.heading / (TURNS // 4)) + 2) % 4
-        ways = [i for i in ways if i != back] or ways or [back]
+        ways = [i for i in ways if i != back] or ways
         nexts = tuple(np.array([(tile[0] + STEPS[i][0], tile[1] + STEPS[i][1]) for i in ways]).T)
         score = self._to_goal[nexts] if rng.random() < 0.5 else self._visits[nexts]
         return TURNS // 4 * ways[int(np.argmin(score + rng.random(len(ways))))]

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from worldsim.config import ConfigError, describe, load_config
+from worldsim.runtime import reexec_with_fast_allocator
 
 
 def _collect(overrides: list[str]) -> None:
@@ -18,6 +19,13 @@ def _collect(overrides: list[str]) -> None:
 
     ds = collect(load_config("collect", CollectConfig, overrides))
     print(ds.summary())
+
+
+def _train(overrides: list[str]) -> None:
+    from worldsim.train import TrainConfig, train
+
+    run = train(load_config("train", TrainConfig, overrides))
+    print(f"run saved in {run}")
 
 
 # name -> (one-line help, config dataclass getter, runner)
@@ -33,6 +41,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     return {
         "collect": ("record play of a game into an episode dataset",
                     cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
+        "train": ("train a world model (denoiser + reward/end model) on a dataset",
+                  cfg_of("worldsim.train", "TrainConfig"), _train),
     }  # fmt: skip
 
 
@@ -86,8 +96,11 @@ def _command_help(name: str, desc: str, cls) -> str:
     return "\n".join(lines)
 
 
+HEAVY = ("train",)  # commands that run the networks long enough to gain from tcmalloc
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from_shell, argv = argv is None, sys.argv[1:] if argv is None else argv
     commands = _commands()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(commands))
@@ -105,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(a in ("-h", "--help") for a in rest):
             print(_command_help(name, desc, get_cls()))
             return 0
+        if name in HEAVY and from_shell:
+            reexec_with_fast_allocator()
         run(rest)
         return 0
     except (ConfigError, ValueError, OSError) as e:

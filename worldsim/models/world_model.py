@@ -1,0 +1,55 @@
+"""The world model: the next-frame denoiser and the reward/end model, trained together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from worldsim.models.denoiser import Denoiser, DenoiserConfig
+from worldsim.models.reward import RewardConfig, RewardEndModel
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the world model's networks."""
+
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    """The next-frame diffusion model."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """The reward/end model."""
+
+
+def to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float in [-1, 1]."""
+    return frames.float().div(127.5).sub(1)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Frames in [-1, 1] -> uint8 (values outside are clipped)."""
+    return x.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class WorldModel(nn.Module):
+    """Denoiser + reward/end model; `forward` returns the training loss of a batch."""
+
+    def __init__(self, cfg: ModelConfig, num_actions: int, reward_values: list[float]):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("reward_values", torch.tensor(reward_values, dtype=torch.float32))
+        self.denoiser = Denoiser(cfg.denoiser, num_actions)
+        self.reward = RewardEndModel(cfg.reward, cfg.denoiser.context, num_actions, len(reward_values))
+
+    def reward_index(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Class of each reward: the nearest of the known reward values."""
+        return (rewards[:, None] - self.reward_values[None]).abs().argmin(dim=1)
+
+    def forward(self, obs, act, rew, end, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """obs (B, K+1, 3, H, W) uint8, act (B, K), rew (B,), end (B,) -> loss, metrics."""
+        K = self.cfg.denoiser.context
+        frames = to_unit(obs)
+        ctx, x0 = frames[:, :K], frames[:, K]
+        loss_d = self.denoiser.loss(x0, ctx, act, generator)
+        loss_r = self.reward.loss(ctx, act[:, -1], x0, self.reward_index(rew), end, self.cfg.reward.end_weight)
+        return loss_d + loss_r, {"loss": loss_d.item(), "reward_loss": loss_r.item()}

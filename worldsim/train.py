@@ -1,0 +1,273 @@
+"""`worldsim train`: fit the world model (denoiser + reward/end model) to recorded play.
+
+Also runs under torchrun for several processes or machines:
+`torchrun --nproc_per_node=N -m worldsim.train data=... out=...` (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from worldsim import checkpoint as ckpt
+from worldsim.data.segments import SegmentSampler
+from worldsim.data.store import Dataset
+from worldsim.games import EnvConfig
+from worldsim.models.world_model import ModelConfig, WorldModel
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, then a constant rate."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    warmup: int = 200
+    """Steps of linear warm-up."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train a world model on a recorded dataset."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The game the data comes from (names the default folders)."""
+    data: str = "data/bricks"
+    """Dataset folder (from `worldsim collect`)."""
+    out: str = "runs/bricks"
+    """Run folder: checkpoints, samples, log."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Network sizes."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer."""
+    batch_size: int = 32
+    """Segments per step (per process)."""
+    steps: int = 20_000
+    """Optimizer steps in total."""
+    minutes: float = 0.0
+    """Wall-clock budget; training stops (with a checkpoint) when it is spent. 0 = none."""
+    ema: float = 0.999
+    """Decay of the EMA weights (those are what worlds use)."""
+    eval_every: int = 500
+    """Steps between held-out losses."""
+    sample_every: int = 1000
+    """Steps between PNG sample grids (context | predicted | real)."""
+    ckpt_every: int = 500
+    """Steps between checkpoints."""
+    seed: int = 0
+    """Seeds initialisation, batches and noise."""
+    resume: bool = False
+    """Continue the run in `out` from its last checkpoint."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+
+    def __post_init__(self):
+        for key in ("batch_size", "steps", "eval_every", "sample_every", "ckpt_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+
+
+class Trainer:
+    """Owns the model, EMA, optimizer, data and RNGs of one run, and their checkpoints."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rank, self.world_size = _init_distributed()
+        self.device = _device(cfg.device, self.rank)
+        self.run = Path(cfg.out)
+        self.ds = Dataset.open(cfg.data)
+        K = cfg.model.denoiser.context
+        self.train_data = SegmentSampler(self.ds, "train", K)
+        self.test_data = SegmentSampler(self.ds, "test", K) if self.ds.entries("test") else None
+        self._check_frame_size()
+        reward_values = _reward_values(self.train_data)
+        torch.manual_seed(cfg.seed)
+        self.model = WorldModel(cfg.model, len(self.ds.action_meanings), reward_values).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
+                                     weight_decay=cfg.optim.weight_decay)  # fmt: skip
+        self.step = 0
+        self.np_rng = np.random.default_rng([cfg.seed, self.rank])
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
+        self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
+                     "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
+                     "reward_values": reward_values, "config": asdict(cfg)}  # fmt: skip
+        self._start_or_resume()
+        self.ddp = self.model
+        if self.world_size > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    def _check_frame_size(self):
+        h, w = self.ds.frame_size
+        m = self.cfg.model.denoiser.unet.downsampling
+        if h % m or w % m:
+            raise ValueError(f"frame size {h}x{w} must be a multiple of {m} for this U-Net")
+
+    def _start_or_resume(self):
+        has_ckpt = (self.run / "latest").exists()
+        if self.cfg.resume and has_ckpt:
+            self.load(ckpt.latest_checkpoint(self.run))
+        elif has_ckpt:
+            raise ValueError(f"{self.run} already holds a run; pass resume=true or choose another out=")
+        elif self.rank == 0:
+            self.run.mkdir(parents=True, exist_ok=True)
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        opt_tensors, groups = ckpt.optimizer_tensors(self.opt)
+        files = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optim": opt_tensors,
+                 "rng": {"torch": self.gen.get_state(), "torch_global": torch.get_rng_state()}}  # fmt: skip
+        state = {**self.meta, "param_groups": groups, "np_rng": self.np_rng.bit_generator.state}
+        ckpt.write_checkpoint(self.run, self.step, files, state)
+
+    def load(self, path: Path) -> None:
+        state = ckpt.load_json(path / "state.json")
+        if state.get("config", {}).get("model") != self.meta["config"]["model"]:
+            raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
+        ckpt.load_weights(self.model, ckpt.load_tensors(path / "model.safetensors"), path)
+        ckpt.load_weights(self.ema, ckpt.load_tensors(path / "ema.safetensors"), path)
+        ckpt.load_optimizer(self.opt, ckpt.load_tensors(path / "optim.safetensors"), state["param_groups"])
+        rng = ckpt.load_tensors(path / "rng.safetensors")
+        self.gen.set_state(rng["torch"])
+        torch.set_rng_state(rng["torch_global"])
+        self.np_rng.bit_generator.state = state["np_rng"]
+        self.step = state["step"]
+
+    # --- training ----------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return self.cfg.optim.lr * min(1.0, (step + 1) / self.cfg.optim.warmup)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        batch = self.train_data.sample(cfg.batch_size, self.np_rng)
+        K = cfg.model.denoiser.context
+        obs, act = batch.obs.to(self.device), batch.act.to(self.device)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        with _autocast(self.device):
+            loss, metrics = self.ddp(obs, act[:, :K], batch.rew[:, 0].to(self.device),
+                                     batch.end[:, 0].to(self.device), self.gen)  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - cfg.ema)
+        self.step += 1
+        return metrics
+
+    @torch.no_grad()
+    def heldout_loss(self, batches: int = 4) -> float:
+        if self.test_data is None:
+            return float("nan")
+        rng, gen = np.random.default_rng(1234), torch.Generator(self.device).manual_seed(1234)
+        K, losses = self.cfg.model.denoiser.context, []
+        for _ in range(batches):
+            b = self.test_data.sample(self.cfg.batch_size, rng)
+            loss, m = self.ema(b.obs.to(self.device), b.act[:, :K].to(self.device),
+                               b.rew[:, 0].to(self.device), b.end[:, 0].to(self.device), gen)  # fmt: skip
+            losses.append(m["loss"])
+        return float(np.mean(losses))
+
+    def fit(self) -> None:
+        cfg, t0 = self.cfg, time.monotonic()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0)
+        log = open(self.run / "log.jsonl", "a") if self.rank == 0 else None
+        last = time.monotonic()
+        while self.step < cfg.steps:
+            m = self.train_step()
+            now = time.monotonic()
+            m["samples_per_s"] = cfg.batch_size * self.world_size / max(now - last, 1e-9)
+            last = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", rew=f"{m['reward_loss']:.3f}", sps=f"{m['samples_per_s']:.0f}")
+            out_of_time = cfg.minutes > 0 and now - t0 > 60 * cfg.minutes
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps or out_of_time:
+                m["heldout_loss"] = self.heldout_loss()
+                bar.write(f"step {self.step}: held-out loss {m['heldout_loss']:.4f}")
+            if self.rank == 0 and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                from worldsim.samples import write_sample_grid
+
+                data = self.test_data or self.train_data
+                write_sample_grid(self.ema.denoiser, data, self.run / "samples" / f"step_{self.step:07d}.png", self.device)
+            if log is not None:
+                log.write(json.dumps({"step": self.step, "time": now - t0, **m}) + "\n")
+                log.flush()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or out_of_time:
+                self.save()
+            if out_of_time:
+                bar.write(f"time budget of {cfg.minutes} min spent at step {self.step}")
+                break
+        bar.close()
+        if log is not None:
+            log.close()
+
+
+def _reward_values(data: SegmentSampler) -> list[float]:
+    values = sorted({float(v) for acts, rews, ends in data._small for v in np.unique(rews)} | {0.0})
+    if len(values) > 32:
+        raise ValueError(f"{len(values)} distinct rewards in the data; the reward model handles at most 32")
+    return values
+
+
+def _init_distributed() -> tuple[int, int]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1))
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast pays off on GPUs; on CPUs without bf16 units it is many times slower
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) and return the run folder."""
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return trainer.run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m worldsim.train` / torchrun."""
+    from worldsim.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
