@@ -99,27 +99,39 @@ def collect(cfg: CollectConfig) -> Dataset:
     env.close()
     first_id = ds.next_id()
     budgets = [cfg.steps // cfg.workers + (r < cfg.steps % cfg.workers) for r in range(cfg.workers)]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(cfg, r, first_id, b, queue), daemon=True)
-             for r, b in enumerate(budgets) if b > 0]  # fmt: skip
-    for p in procs:
-        p.start()
-    policy_name = cfg.policy.name
     with tqdm(total=cfg.steps, desc=f"collect {cfg.env.name}", unit="step", smoothing=0.1) as bar:
-        recorded = 0
+        if cfg.workers == 1:  # in this process: no start-up cost, works from any script
+            _worker(cfg, 0, first_id, cfg.steps, _Inline(ds, bar, cfg.policy.name))
+            return ds
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_worker, args=(cfg, r, first_id, b, queue), daemon=True)
+                 for r, b in enumerate(budgets) if b > 0]  # fmt: skip
+        for p in procs:
+            p.start()
+        sink, recorded = _Inline(ds, bar, cfg.policy.name), 0
         while recorded < cfg.steps:
             msg = _get(queue, procs)
-            if msg[0] == "steps":
-                bar.update(msg[1])
-            else:
-                _, ep_id, length, ret = msg
-                ds.add_entry(ep_id, length, ret, policy_name)
-                recorded += length
-                bar.set_postfix(episodes=len(ds.entries()), ret=f"{ret:.0f}")
+            sink.put(msg)
+            recorded += msg[2] if msg[0] == "episode" else 0
     for p in procs:
         p.join()
     return ds
+
+
+class _Inline:
+    """Takes the workers' messages: advances the progress bar, records finished episodes."""
+
+    def __init__(self, ds: Dataset, bar: tqdm, policy: str):
+        self.ds, self.bar, self.policy = ds, bar, policy
+
+    def put(self, msg: tuple) -> None:
+        if msg[0] == "steps":
+            self.bar.update(msg[1])
+            return
+        _, ep_id, length, ret = msg
+        self.ds.add_entry(ep_id, length, ret, self.policy)
+        self.bar.set_postfix(episodes=len(self.ds.entries()), ret=f"{ret:.0f}")
 
 
 def _get(queue, procs):

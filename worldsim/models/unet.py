@@ -19,7 +19,7 @@ class UNetConfig:
 
     channels: tuple[int, ...] = (64, 96, 128)
     """Channels per level; each further level halves the resolution."""
-    blocks: int = 2
+    blocks: int = 1
     """Residual blocks per level (down path; the up path has one more)."""
     attention: tuple[bool, ...] = (False, False, True)
     """Self-attention after each block of a level (use it only at low resolution)."""
