@@ -35,6 +35,10 @@ class DenoiserConfig:
     """Share of training samples whose context is noised."""
     sigma_min: float = 0.002
     """Smallest noise level: the consistency boundary condition holds here."""
+    residual: bool = True
+    """Diffuse the change from the last context frame instead of the frame itself: static
+    pixels then cost the network nothing, and the frame-space contract D(x, sigma) -> x0
+    is unchanged (D = last + D_y(x - last))."""
 
 
 def fourier(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -92,9 +96,11 @@ class Denoiser(nn.Module):
         return self.net(inp, cond), s
 
     def forward(self, x, sigma, obs, act, sigma_ctx) -> torch.Tensor:
-        F_x, s = self.raw(x, sigma, obs, act, sigma_ctx)
+        base = obs[:, -1] if self.cfg.residual else torch.zeros_like(x)
+        y = x - base
+        F_y, s = self.raw(y, sigma, obs, act, sigma_ctx)
         B = x.shape[0]
-        return s.c_skip.view(B, 1, 1, 1) * x + s.c_out.view(B, 1, 1, 1) * F_x
+        return base + s.c_skip.view(B, 1, 1, 1) * y + s.c_out.view(B, 1, 1, 1) * F_y
 
     def loss(self, x0, obs, act, generator: torch.Generator | None = None) -> torch.Tensor:
         """EDM training loss (Karras et al. 2022, eq. 2 with the F-target of eq. 8), on
@@ -105,7 +111,8 @@ class Denoiser(nn.Module):
         noisy_ctx = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_p
         sigma_ctx = torch.rand(B, generator=generator, device=dev) * cfg.ctx_noise_max * noisy_ctx
         obs = obs + sigma_ctx.view(B, 1, 1, 1, 1) * rnd(*obs.shape)
-        x = x0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
-        F_x, s = self.raw(x, sigma, obs, act, sigma_ctx)
-        target = (x0 - s.c_skip.view(B, 1, 1, 1) * x) / s.c_out.view(B, 1, 1, 1)
-        return F.mse_loss(F_x, target)
+        y0 = x0 - obs[:, -1] if cfg.residual else x0
+        y = y0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
+        F_y, s = self.raw(y, sigma, obs, act, sigma_ctx)
+        target = (y0 - s.c_skip.view(B, 1, 1, 1) * y) / s.c_out.view(B, 1, 1, 1)
+        return F.mse_loss(F_y, target)
