@@ -89,11 +89,15 @@ def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], where: Pat
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     """Flatten an optimizer's state into named tensors and its JSON-able param groups."""
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()}
+    tensors = {
+        f"{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()
+    }
     return tensors, sd["param_groups"]
 
 
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+def load_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list
+) -> None:
     state: dict[int, dict] = {}
     for name, t in tensors.items():
         i, k = name.split(".", 1)

@@ -24,7 +24,9 @@ def write_sample_grid(denoiser: Denoiser, data: SegmentSampler, path: Path, devi
     gen = torch.Generator(device).manual_seed(0)
     pred = next_frame(denoiser, to_unit(obs[:, :K]), batch.act[:, :K].to(device),
                       SamplerConfig("euler", steps=3), gen)  # fmt: skip
-    tiles = torch.cat([obs[:, :K], to_uint8(pred)[:, None], obs[:, K : K + 1]], dim=1)  # (B, K+2, 3, H, W)
+    tiles = torch.cat(
+        [obs[:, :K], to_uint8(pred)[:, None], obs[:, K : K + 1]], dim=1
+    )  # (B, K+2, 3, H, W)
     tiles = tiles.permute(0, 3, 1, 4, 2).cpu().numpy()  # (B, H, K+2, W, 3)
     B, H, N, W, _ = tiles.shape
     grid = np.ascontiguousarray(tiles.reshape(B * H, N * W, 3))

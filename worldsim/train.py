@@ -99,7 +99,9 @@ class Trainer:
         self._check_frame_size()
         reward_values = _reward_values(self.train_data)
         torch.manual_seed(cfg.seed)
-        self.model = WorldModel(cfg.model, len(self.ds.action_meanings), reward_values).to(self.device)
+        self.model = WorldModel(cfg.model, len(self.ds.action_meanings), reward_values).to(
+            self.device
+        )
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                      weight_decay=cfg.optim.weight_decay)  # fmt: skip
@@ -125,7 +127,9 @@ class Trainer:
         if self.cfg.resume and has_ckpt:
             self.load(ckpt.latest_checkpoint(self.run))
         elif has_ckpt:
-            raise ValueError(f"{self.run} already holds a run; pass resume=true or choose another out=")
+            raise ValueError(
+                f"{self.run} already holds a run; pass resume=true or choose another out="
+            )
         elif self.rank == 0:
             self.run.mkdir(parents=True, exist_ok=True)
 
@@ -145,7 +149,9 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
         ckpt.load_weights(self.model, ckpt.load_tensors(path / "model.safetensors"), path)
         ckpt.load_weights(self.ema, ckpt.load_tensors(path / "ema.safetensors"), path)
-        ckpt.load_optimizer(self.opt, ckpt.load_tensors(path / "optim.safetensors"), state["param_groups"])
+        ckpt.load_optimizer(
+            self.opt, ckpt.load_tensors(path / "optim.safetensors"), state["param_groups"]
+        )
         rng = ckpt.load_tensors(path / "rng.safetensors")
         self.gen.set_state(rng["torch"])
         torch.set_rng_state(rng["torch_global"])
@@ -168,10 +174,14 @@ class Trainer:
                                      batch.end[:, 0].to(self.device), self.gen)  # fmt: skip
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+        metrics["grad_norm"] = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        )
         self.opt.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - cfg.ema)
+            torch._foreach_lerp_(
+                list(self.ema.parameters()), list(self.model.parameters()), 1 - cfg.ema
+            )
         self.step += 1
         return metrics
 
@@ -190,7 +200,9 @@ class Trainer:
 
     def fit(self) -> None:
         cfg, t0 = self.cfg, time.monotonic()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0
+        )
         log = open(self.run / "log.jsonl", "a") if self.rank == 0 else None
         last = time.monotonic()
         while self.step < cfg.steps:
@@ -199,7 +211,11 @@ class Trainer:
             m["samples_per_s"] = cfg.batch_size * self.world_size / max(now - last, 1e-9)
             last = now
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", rew=f"{m['reward_loss']:.3f}", sps=f"{m['samples_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{m['loss']:.4f}",
+                rew=f"{m['reward_loss']:.3f}",
+                sps=f"{m['samples_per_s']:.0f}",
+            )
             out_of_time = cfg.minutes > 0 and now - t0 > 60 * cfg.minutes
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps or out_of_time:
                 m["heldout_loss"] = self.heldout_loss()
@@ -208,7 +224,12 @@ class Trainer:
                 from worldsim.samples import write_sample_grid
 
                 data = self.test_data or self.train_data
-                write_sample_grid(self.ema.denoiser, data, self.run / "samples" / f"step_{self.step:07d}.png", self.device)
+                write_sample_grid(
+                    self.ema.denoiser,
+                    data,
+                    self.run / "samples" / f"step_{self.step:07d}.png",
+                    self.device,
+                )
             if log is not None:
                 log.write(json.dumps({"step": self.step, "time": now - t0, **m}) + "\n")
                 log.flush()
@@ -225,7 +246,9 @@ class Trainer:
 def _reward_values(data: SegmentSampler) -> list[float]:
     values = sorted({float(v) for acts, rews, ends in data._small for v in np.unique(rews)} | {0.0})
     if len(values) > 32:
-        raise ValueError(f"{len(values)} distinct rewards in the data; the reward model handles at most 32")
+        raise ValueError(
+            f"{len(values)} distinct rewards in the data; the reward model handles at most 32"
+        )
     return values
 
 
@@ -240,7 +263,9 @@ def _device(name: str, rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1))
+        return torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
+        )
     return torch.device(name)
 
 

@@ -144,4 +144,6 @@ def _get(queue, procs):
         except queue_mod.Empty:
             dead = [p for p in procs if p.exitcode not in (None, 0)]
             if dead:
-                raise RuntimeError(f"a collection worker failed (exit code {dead[0].exitcode})") from None
+                raise RuntimeError(
+                    f"a collection worker failed (exit code {dead[0].exitcode})"
+                ) from None

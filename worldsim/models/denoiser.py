@@ -99,8 +99,9 @@ class Denoiser(nn.Module):
         base = obs[:, -1] if self.cfg.residual else torch.zeros_like(x)
         y = x - base
         F_y, s = self.raw(y, sigma, obs, act, sigma_ctx)
-        B = x.shape[0]
-        return base + s.c_skip.view(B, 1, 1, 1) * y + s.c_out.view(B, 1, 1, 1) * F_y
+        c_skip, c_out = s.c_skip.view(-1, 1, 1, 1), s.c_out.view(-1, 1, 1, 1)
+        # = base + c_skip (x - base) + c_out F, written so that c_skip = 1, c_out = 0 gives x exactly
+        return c_skip * x + (1 - c_skip) * base + c_out * F_y
 
     def loss(self, x0, obs, act, generator: torch.Generator | None = None) -> torch.Tensor:
         """EDM training loss (Karras et al. 2022, eq. 2 with the F-target of eq. 8), on

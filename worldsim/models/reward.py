@@ -33,7 +33,11 @@ class RewardEndModel(nn.Module):
         super().__init__()
         layers, c = [], 3 * (context + 1)
         for c_out in cfg.channels:
-            layers += [nn.Conv2d(c, c_out, 4, 2, 1), nn.GroupNorm(8 if c_out % 8 == 0 else 1, c_out), nn.SiLU()]
+            layers += [
+                nn.Conv2d(c, c_out, 4, 2, 1),
+                nn.GroupNorm(8 if c_out % 8 == 0 else 1, c_out),
+                nn.SiLU(),
+            ]
             c = c_out
         self.convs = nn.Sequential(*layers)
         self.act_emb = nn.Embedding(num_actions, c)

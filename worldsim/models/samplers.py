@@ -34,7 +34,9 @@ class SamplerConfig:
         if self.steps < 1:
             raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
         if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
 
     @property
     def evaluations(self) -> int:
@@ -54,9 +56,11 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) ->
     """
     if steps == 1:
         return torch.tensor([sigma_max])
-    ramp = torch.linspace(0, 1, steps)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     inv_rho = 1 / rho
-    return (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+    sigmas = (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min  # exact endpoints, free of rounding
+    return sigmas.float()
 
 
 def _full(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,9 @@ def _full(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
 def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without the
     second-order step); the last step jumps to sigma = 0, so 1 step is x0 = D(sigma_max z)."""
-    sigmas = torch.cat([karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)])
+    sigmas = torch.cat(
+        [karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)]
+    )
     x = noise * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         d = (x - denoise(x, _full(x, s))) / s
@@ -76,7 +82,9 @@ def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torc
 
 def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic)."""
-    sigmas = torch.cat([karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)])
+    sigmas = torch.cat(
+        [karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)]
+    )
     x = noise * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         d = (x - denoise(x, _full(x, s))) / s

@@ -89,7 +89,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        y = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        y = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )
         return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -106,12 +108,18 @@ class UNet(nn.Module):
         self.cfg, ch, d = cfg, cfg.channels, cfg.cond_dim
         self.stem = nn.Conv2d(c_in * cfg.stem**2, ch[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
-        self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i + 1], 3, 2, 1) for i in range(len(ch) - 1))
-        self.upsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i], 3, padding=1) for i in range(len(ch) - 1))
+        self.downsample = nn.ModuleList(
+            nn.Conv2d(ch[i], ch[i + 1], 3, 2, 1) for i in range(len(ch) - 1)
+        )
+        self.upsample = nn.ModuleList(
+            nn.Conv2d(ch[i + 1], ch[i], 3, padding=1) for i in range(len(ch) - 1)
+        )
         for c, att in zip(ch, cfg.attention, strict=True):
             self.down.append(nn.ModuleList(ResBlock(c, c, d, att) for _ in range(cfg.blocks)))
             self.up.append(nn.ModuleList(ResBlock(2 * c, c, d, att) for _ in range(cfg.blocks + 1)))
-        self.mid = nn.ModuleList([ResBlock(ch[-1], ch[-1], d, True), ResBlock(ch[-1], ch[-1], d, False)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch[-1], ch[-1], d, True), ResBlock(ch[-1], ch[-1], d, False)]
+        )
         self.out_norm = nn.GroupNorm(_groups(ch[0]), ch[0])
         self.out = nn.Conv2d(ch[0], c_out * cfg.stem**2, 3, padding=1)
         nn.init.zeros_(self.out.weight)

@@ -39,7 +39,9 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.register_buffer("reward_values", torch.tensor(reward_values, dtype=torch.float32))
         self.denoiser = Denoiser(cfg.denoiser, num_actions)
-        self.reward = RewardEndModel(cfg.reward, cfg.denoiser.context, num_actions, len(reward_values))
+        self.reward = RewardEndModel(
+            cfg.reward, cfg.denoiser.context, num_actions, len(reward_values)
+        )
 
     def reward_index(self, rewards: torch.Tensor) -> torch.Tensor:
         """Class of each reward: the nearest of the known reward values."""
@@ -51,5 +53,7 @@ class WorldModel(nn.Module):
         frames = to_unit(obs)
         ctx, x0 = frames[:, :K], frames[:, K]
         loss_d = self.denoiser.loss(x0, ctx, act, generator)
-        loss_r = self.reward.loss(ctx, act[:, -1], x0, self.reward_index(rew), end, self.cfg.reward.end_weight)
+        loss_r = self.reward.loss(
+            ctx, act[:, -1], x0, self.reward_index(rew), end, self.cfg.reward.end_weight
+        )
         return loss_d + loss_r, {"loss": loss_d.item(), "reward_loss": loss_r.item()}

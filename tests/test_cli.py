@@ -1,0 +1,71 @@
+"""The `worldsim` command as a user meets it: help, configs, clear one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from worldsim.cli import main
+from worldsim.config import ConfigError, load_config
+from worldsim.data.collect import CollectConfig
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "worldsim.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_help_works_outside_the_repo(tmp_path):
+    r = run("--help", cwd=tmp_path)
+    assert r.returncode == 0 and "collect" in r.stdout and "train" in r.stdout
+    r = run("collect", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "policy.name" in r.stdout and "env.frame_size" in r.stdout
+
+
+def test_unknown_game_lists_valid_ones(capsys):
+    assert main(["collect", "env=pong"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "'pong'" in err and "bricks" in err and "maze" in err
+
+
+@pytest.mark.parametrize("override", ["stepz=10", "policy.nme=random", "+extra=1"])
+def test_unknown_keys_are_rejected(capsys, override):
+    assert main(["collect", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown config key" in err and "valid keys" in err
+
+
+def test_wrong_types_and_values_are_rejected():
+    with pytest.raises(ConfigError, match="steps must be int"):
+        load_config("collect", CollectConfig, ["steps=lots"])
+    with pytest.raises(ConfigError, match="policy.name must be one of"):
+        load_config("collect", CollectConfig, ["policy.name=clever"])
+    with pytest.raises(ConfigError, match="workers must be >= 1, got 0"):
+        load_config("collect", CollectConfig, ["workers=0"])
+
+
+def test_unknown_command(capsys):
+    assert main(["colect"]) == 2
+    assert "unknown command 'colect'" in capsys.readouterr().err
+
+
+def test_data_info_and_video(bricks_data, tmp_path, capsys):
+    assert main(["data", "info", str(bricks_data.root)]) == 0
+    assert "train" in capsys.readouterr().out
+    out = tmp_path / "ep.mp4"
+    assert main(["data", "video", str(bricks_data.root), "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data[4:8] == b"ftyp" and b"avc1" in data  # an H.264 mp4
+    assert main(["data", "video", str(bricks_data.root), "--out", str(out)]) == 2  # no overwrite
+    assert "exists" in capsys.readouterr().err
+
+
+def test_data_info_on_a_missing_folder(tmp_path, capsys):
+    assert main(["data", "info", str(tmp_path / "nope")]) == 2
+    assert "not a worldsim dataset" in capsys.readouterr().err

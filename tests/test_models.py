@@ -1,0 +1,115 @@
+"""Closed-form oracles for the denoiser's maths, and that training lowers the loss."""
+
+import pytest
+import torch
+
+from worldsim.models.denoiser import Denoiser, DenoiserConfig
+from worldsim.models.precond import consistency_scalings, edm_scalings
+from worldsim.models.samplers import SamplerConfig, karras_sigmas, sample
+from worldsim.models.unet import UNetConfig
+
+TINY = DenoiserConfig(
+    context=2, unet=UNetConfig(channels=(16, 32), attention=(False, True), cond_dim=32)
+)
+
+
+def test_edm_scalings_at_known_sigmas():
+    sd = 0.5
+    s = edm_scalings(torch.tensor([1e-6, 0.5, 100.0]), sd)
+    assert torch.allclose(s.c_skip, torch.tensor([1.0, 0.5, sd**2 / (1e4 + sd**2)]), atol=1e-6)
+    assert torch.allclose(
+        s.c_out,
+        torch.tensor([1e-6, 0.5 * 0.5 / 0.5**0.5, 100 * sd / (1e4 + sd**2) ** 0.5]),
+        atol=1e-6,
+    )
+    assert torch.allclose(s.c_in, 1 / (torch.tensor([1e-6, 0.5, 100.0]) ** 2 + sd**2).sqrt())
+    # the network input and target both have unit variance when x0 has std sigma_data
+    sigma = torch.tensor(2.0)
+    s = edm_scalings(sigma, sd)
+    assert torch.isclose(s.c_in**2 * (sd**2 + sigma**2), torch.tensor(1.0))
+
+
+def test_consistency_boundary_condition_is_exact():
+    s = consistency_scalings(torch.tensor(0.002), 0.5, sigma_min=0.002)
+    assert s.c_skip.item() == 1.0 and s.c_out.item() == 0.0
+    # far from sigma_min it tends to EDM's coefficients
+    big, edm = (
+        consistency_scalings(torch.tensor(80.0), 0.5, 0.002),
+        edm_scalings(torch.tensor(80.0), 0.5),
+    )
+    assert torch.allclose(big.c_skip, edm.c_skip, rtol=1e-3) and torch.allclose(
+        big.c_out, edm.c_out, rtol=1e-3
+    )
+
+
+def test_consistency_student_is_identity_at_sigma_min():
+    D = Denoiser(TINY, num_actions=3, parameterization="consistency")
+    for p in D.parameters():  # any weights at all
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(2, 3, 16, 16)
+    out = D(
+        x,
+        torch.full((2,), TINY.sigma_min),
+        torch.randn(2, 2, 3, 16, 16),
+        torch.zeros(2, 2, dtype=torch.long),
+        torch.zeros(2),
+    )
+    assert torch.equal(out, x)
+
+
+def test_karras_schedule_endpoints_are_exact():
+    s = karras_sigmas(10, 0.002, 5.0, 7.0)
+    assert s[0] == torch.tensor(5.0) and s[-1] == torch.tensor(0.002)
+    assert (s[1:] < s[:-1]).all()
+
+
+@pytest.mark.parametrize(
+    "name,steps", [("euler", 1), ("euler", 3), ("heun", 4), ("onestep", 1), ("multistep", 3)]
+)
+def test_sampler_with_oracle_denoiser_returns_the_clean_frame(name, steps):
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    calls = []
+
+    def oracle(x, sigma):
+        calls.append(sigma)
+        return x0
+
+    out = sample(
+        oracle,
+        torch.randn(2, 3, 8, 8),
+        SamplerConfig(name, steps),
+        torch.Generator().manual_seed(0),
+    )
+    assert torch.allclose(out, x0, atol=1e-5)
+    assert len(calls) == SamplerConfig(name, steps).evaluations
+
+
+def test_euler_solves_the_ode_of_a_gaussian():
+    # data ~ N(0, s^2): the ideal denoiser is D(x, sigma) = x s^2 / (s^2 + sigma^2), and the
+    # probability-flow ODE maps x_T = sigma_max z to z * s exactly (Karras et al. 2022, eq. 4).
+    s = 0.5
+    z = torch.randn(1000)
+    ideal = lambda x, sigma: x * s**2 / (s**2 + sigma[:, None] ** 2)  # noqa: E731
+    out = sample(ideal, z[:, None], SamplerConfig("heun", 100, sigma_max=80.0))
+    assert torch.allclose(out[:, 0], z * s * 80.0 / (80.0**2 + s**2) ** 0.5, atol=5e-3)
+
+
+def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
+    torch.manual_seed(0)
+    D = Denoiser(TINY, num_actions=3)
+    opt = torch.optim.Adam(D.parameters(), lr=2e-3)
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    obs, act = torch.rand(4, 2, 3, 16, 16) * 2 - 1, torch.randint(0, 3, (4, 2))
+
+    def loss_at(seed):
+        return D.loss(x0, obs, act, torch.Generator().manual_seed(seed))
+
+    with torch.no_grad():
+        before = sum(loss_at(1000 + i).item() for i in range(8)) / 8
+    for step in range(150):
+        opt.zero_grad()
+        loss_at(step).backward()
+        opt.step()
+    with torch.no_grad():
+        after = sum(loss_at(1000 + i).item() for i in range(8)) / 8
+    assert after < 0.6 * before
