@@ -110,7 +110,7 @@ class Trainer:
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
         self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
                      "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
-                     "reward_values": reward_values, "config": asdict(cfg)}  # fmt: skip
+                     "reward_values": reward_values, "config": json.loads(json.dumps(asdict(cfg)))}  # fmt: skip
         self._start_or_resume()
         self.ddp = self.model
         if self.world_size > 1:
