@@ -46,19 +46,28 @@ def collect_seconds(steps: int, workers: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--steps", type=int, default=20000, help="steps per game speed measurement")
     p.add_argument("--collect", type=int, default=100000, help="steps to collect to disk")
     args = p.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core for the games
-    rows = [(env_id, steps_per_second(env_id, args.steps)) for env_id in ("worldsim/Bricks-v0", "worldsim/Maze-v0")]
+    rows = [
+        (env_id, steps_per_second(env_id, args.steps))
+        for env_id in ("worldsim/Bricks-v0", "worldsim/Maze-v0")
+    ]
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     secs = collect_seconds(args.collect, workers=2)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print("| measure | result |\n|---|---|")
     for env_id, sps in rows:
         print(f"| {env_id} random play, 1 core | {sps:,.0f} steps/s |")
-    print(f"| collect {args.collect:,} Bricks steps to disk (scripted policy, 2 workers) | {secs:.1f} s |")
+    print(
+        f"| collect {args.collect:,} Bricks steps to disk (scripted policy, 2 workers) | {secs:.1f} s |"
+    )
 
 
 if __name__ == "__main__":

@@ -23,19 +23,30 @@ from worldsim.world import next_frame
 
 
 def config(data, out, *overrides):
-    return load_config("train", TrainConfig, [f"data={data.root}", f"out={out}", *TINY_TRAIN, *overrides])
+    return load_config(
+        "train", TrainConfig, [f"data={data.root}", f"out={out}", *TINY_TRAIN, *overrides]
+    )
 
 
 def test_tiny_world_learns_motion_and_beats_copying_the_last_frame(bricks32, tmp_path):
     trainer = Trainer(config(bricks32, tmp_path / "run", "steps=1500", "ckpt_every=1500"))
     trainer.fit()
-    losses = [float(line.split('"loss": ')[1].split(",")[0]) for line in open(tmp_path / "run" / "log.jsonl")]
+    losses = [
+        float(line.split('"loss": ')[1].split(",")[0])
+        for line in open(tmp_path / "run" / "log.jsonl")
+    ]
     assert np.mean(losses[-100:]) < 0.5 * np.mean(losses[:20])  # training lowers the loss
     K = trainer.cfg.model.denoiser.context
     test = SegmentSampler(trainer.ds, "test", K, horizon=1)
     batch = test.sample(256, np.random.default_rng(0))
     den = trainer.ema.denoiser
-    generated = rollout(lambda ctx, a: next_frame(den, ctx, a, SamplerConfig("euler", 1)), batch.obs, batch.act, K, 1)
+    generated = rollout(
+        lambda ctx, a: next_frame(den, ctx, a, SamplerConfig("euler", 1)),
+        batch.obs,
+        batch.act,
+        K,
+        1,
+    )
     model, copy = score(generated, batch.obs, K), score(copy_last(batch.obs, K, 1), batch.obs, K)
     print("held-out PSNR h1: model", model, "copy-last", copy)
     assert model["moving"][0] > copy["moving"][0] + 1.0  # it has learned motion
@@ -60,11 +71,15 @@ def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
     assert step >= 6
     with pytest.raises(ValueError, match="resume=true"):  # a second run never overwrites
         Trainer(config(bricks32, run, "steps=100", "batch_size=8"))
-    resumed = Trainer(config(bricks32, run, f"steps={step + 4}", "ckpt_every=3", "batch_size=8", "resume=true"))
+    resumed = Trainer(
+        config(bricks32, run, f"steps={step + 4}", "ckpt_every=3", "batch_size=8", "resume=true")
+    )
     assert resumed.step == step
     resumed.fit()
     # an uninterrupted run to the same step lands on exactly the same weights
-    train(config(bricks32, tmp_path / "straight", f"steps={step + 4}", "ckpt_every=3", "batch_size=8"))
+    train(
+        config(bricks32, tmp_path / "straight", f"steps={step + 4}", "ckpt_every=3", "batch_size=8")
+    )
     a, b = _weights(run), _weights(tmp_path / "straight")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -99,12 +114,16 @@ def test_truncated_checkpoint_is_refused(small_run, tmp_path):
     data = (ckpt.latest_checkpoint(small_run) / "model.safetensors").read_bytes()
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ckpt.CheckpointError, match="cut.safetensors: not a readable safetensors file"):
+    with pytest.raises(
+        ckpt.CheckpointError, match="cut.safetensors: not a readable safetensors file"
+    ):
         ckpt.load_tensors(path)
 
 
 def test_checkpoint_of_another_shape_is_refused(small_run, bricks32):
-    trainer = Trainer(config(bricks32, small_run.parent / "other", "model.denoiser.unet.channels=[8,16]"))
+    trainer = Trainer(
+        config(bricks32, small_run.parent / "other", "model.denoiser.unet.channels=[8,16]")
+    )
     with pytest.raises(ckpt.CheckpointError, match="model config differs"):
         trainer.load(ckpt.latest_checkpoint(small_run))
     tensors = ckpt.load_tensors(ckpt.latest_checkpoint(small_run) / "ema.safetensors")

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from worldsim.checkpoint import CheckpointError
 from worldsim.config import ConfigError, describe, load_config
 from worldsim.runtime import reexec_with_fast_allocator
 
@@ -28,6 +29,12 @@ def _train(overrides: list[str]) -> None:
     print(f"run saved in {run}")
 
 
+def _bundle(overrides: list[str]) -> None:
+    from worldsim.bundle import BundleConfig, bundle
+
+    print(f"world written to {bundle(load_config('bundle', BundleConfig, overrides))}")
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -43,6 +50,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
         "train": ("train a world model (denoiser + reward/end model) on a dataset",
                   cfg_of("worldsim.train", "TrainConfig"), _train),
+        "bundle": ("make a self-contained world folder from a training run",
+                   cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip
 
 
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             reexec_with_fast_allocator()
         run(rest)
         return 0
-    except (ConfigError, ValueError, OSError) as e:
+    except (ConfigError, ValueError, OSError, CheckpointError) as e:
         print(f"worldsim {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -87,21 +87,19 @@ class TrainConfig:
 class Trainer:
     """Owns the model, EMA, optimizer, data and RNGs of one run, and their checkpoints."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig | None = None):
+        self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
         self.rank, self.world_size = _init_distributed()
         self.device = _device(cfg.device, self.rank)
         self.run = Path(cfg.out)
         self.ds = Dataset.open(cfg.data)
-        K = cfg.model.denoiser.context
+        K = self.model_cfg.denoiser.context
         self.train_data = SegmentSampler(self.ds, "train", K)
         self.test_data = SegmentSampler(self.ds, "test", K) if self.ds.entries("test") else None
         self._check_frame_size()
         reward_values = _reward_values(self.train_data)
         torch.manual_seed(cfg.seed)
-        self.model = WorldModel(cfg.model, len(self.ds.action_meanings), reward_values).to(
-            self.device
-        )
+        self.model = self.build_model(reward_values).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                      weight_decay=cfg.optim.weight_decay)  # fmt: skip
@@ -110,7 +108,8 @@ class Trainer:
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
         self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
                      "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
-                     "reward_values": reward_values, "config": json.loads(json.dumps(asdict(cfg)))}  # fmt: skip
+                     "reward_values": reward_values, "model": _plain(self.model_cfg),
+                     "config": _plain(cfg)}  # fmt: skip
         self._start_or_resume()
         self.ddp = self.model
         if self.world_size > 1:
@@ -118,7 +117,7 @@ class Trainer:
 
     def _check_frame_size(self):
         h, w = self.ds.frame_size
-        m = self.cfg.model.denoiser.unet.downsampling
+        m = self.model_cfg.denoiser.unet.downsampling
         if h % m or w % m:
             raise ValueError(f"frame size {h}x{w} must be a multiple of {m} for this U-Net")
 
@@ -145,7 +144,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = ckpt.load_json(path / "state.json")
-        if state.get("config", {}).get("model") != self.meta["config"]["model"]:
+        if state.get("model") != self.meta["model"]:
             raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
         ckpt.load_weights(self.model, ckpt.load_tensors(path / "model.safetensors"), path)
         ckpt.load_weights(self.ema, ckpt.load_tensors(path / "ema.safetensors"), path)
@@ -165,13 +164,10 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         batch = self.train_data.sample(cfg.batch_size, self.np_rng)
-        K = cfg.model.denoiser.context
-        obs, act = batch.obs.to(self.device), batch.act.to(self.device)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         with _autocast(self.device):
-            loss, metrics = self.ddp(obs, act[:, :K], batch.rew[:, 0].to(self.device),
-                                     batch.end[:, 0].to(self.device), self.gen)  # fmt: skip
+            loss, metrics = self.compute_loss(self.ddp, batch, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad_norm"] = float(
@@ -190,13 +186,26 @@ class Trainer:
         if self.test_data is None:
             return float("nan")
         rng, gen = np.random.default_rng(1234), torch.Generator(self.device).manual_seed(1234)
-        K, losses = self.cfg.model.denoiser.context, []
+        losses = []
         for _ in range(batches):
-            b = self.test_data.sample(self.cfg.batch_size, rng)
-            loss, m = self.ema(b.obs.to(self.device), b.act[:, :K].to(self.device),
-                               b.rew[:, 0].to(self.device), b.end[:, 0].to(self.device), gen)  # fmt: skip
+            _, m = self.compute_loss(self.ema, self.test_data.sample(self.cfg.batch_size, rng), gen)
             losses.append(m["loss"])
         return float(np.mean(losses))
+
+    # --- what a subclass (the distiller) changes -----------------------------------------
+    def build_model(self, reward_values: list[float]) -> torch.nn.Module:
+        return WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
+
+    def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of a batch of segments under `model` (the DDP-wrapped one, or the EMA)."""
+        K, dev = self.model_cfg.denoiser.context, self.device
+        return model(batch.obs.to(dev), batch.act[:, :K].to(dev), batch.rew[:, 0].to(dev),
+                     batch.end[:, 0].to(dev), gen)  # fmt: skip
+
+    def write_samples(self, path: Path) -> None:
+        from worldsim.samples import write_sample_grid
+
+        write_sample_grid(self.ema.denoiser, self.test_data or self.train_data, path, self.device)
 
     def fit(self) -> None:
         cfg, t0 = self.cfg, time.monotonic()
@@ -221,15 +230,7 @@ class Trainer:
                 m["heldout_loss"] = self.heldout_loss()
                 bar.write(f"step {self.step}: held-out loss {m['heldout_loss']:.4f}")
             if self.rank == 0 and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                from worldsim.samples import write_sample_grid
-
-                data = self.test_data or self.train_data
-                write_sample_grid(
-                    self.ema.denoiser,
-                    data,
-                    self.run / "samples" / f"step_{self.step:07d}.png",
-                    self.device,
-                )
+                self.write_samples(self.run / "samples" / f"step_{self.step:07d}.png")
             if log is not None:
                 log.write(json.dumps({"step": self.step, "time": now - t0, **m}) + "\n")
                 log.flush()
@@ -241,6 +242,11 @@ class Trainer:
         bar.close()
         if log is not None:
             log.close()
+
+
+def _plain(cfg) -> dict:
+    """A config as plain JSON data (tuples become lists), as it reads back from disk."""
+    return json.loads(json.dumps(asdict(cfg)))
 
 
 def _reward_values(data: SegmentSampler) -> list[float]:

@@ -1,0 +1,168 @@
+"""World bundles: the self-contained folder that play, RL, record and eval load.
+
+A world folder holds `world.json` (format, game, action meanings, frame size, reward
+values, model config, key map, provenance), `teacher.safetensors` (fp16 EMA weights of
+the world model), optionally `student.safetensors` (the one-step head), and
+`starts.safetensors`: real starting contexts, so the world resets without the dataset.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldsim import checkpoint as ckpt
+from worldsim.config import from_dict
+from worldsim.data.store import Dataset
+from worldsim.models.world_model import ModelConfig, WorldModel
+
+WORLDS_DIR = Path(__file__).parent / "worlds"  # worlds shipped inside the package
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """Make a world folder from a training run."""
+
+    run: str = "runs/bricks"
+    """Run folder (from `worldsim train`); its latest checkpoint's EMA weights are used."""
+    out: str = "worlds/bricks"
+    """World folder to write."""
+    starts: int = 64
+    """Real starting contexts to include (episode starts of the run's training data)."""
+    overwrite: bool = False
+    """Replace an existing world folder."""
+
+
+@dataclass
+class WorldBundle:
+    """A loaded world: its metadata, networks (fp32, eval mode) and starting contexts."""
+
+    path: Path
+    meta: dict
+    model: WorldModel
+    student: torch.nn.Module | None
+    start_frames: torch.Tensor  # (N, K, H, W, 3) uint8
+    start_actions: torch.Tensor  # (N, K) int64
+    keys_to_action: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    @property
+    def action_meanings(self) -> list[str]:
+        return list(self.meta["action_meanings"])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return tuple(self.meta["frame_size"])
+
+    @property
+    def context(self) -> int:
+        return self.model.cfg.denoiser.context
+
+
+def bundle(cfg: BundleConfig) -> Path:
+    """Write the world folder `cfg.out` from the run `cfg.run`."""
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
+    path = ckpt.latest_checkpoint(Path(cfg.run))
+    state = ckpt.load_json(path / "state.json")
+    weights = ckpt.load_tensors(path / "ema.safetensors")
+    model_cfg = from_dict(ModelConfig, state["model"])
+    model = WorldModel(model_cfg, len(state["action_meanings"]), state["reward_values"])
+    ckpt.load_weights(model, weights, path)  # refuse a checkpoint that does not fit its config
+    frames, actions = _starts(
+        Dataset.open(state["config"]["data"]), model_cfg.denoiser.context, cfg.starts
+    )
+    meta = {"kind": "worldsim-world", "env_id": state["env_id"], "action_meanings": state["action_meanings"],
+            "frame_size": state["frame_size"], "reward_values": state["reward_values"],
+            "model": state["model"], "keys_to_action": _keymap(state["env_id"]),
+            "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"]}}  # fmt: skip
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ckpt.save_tensors(
+        tmp / "teacher.safetensors",
+        {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+    )
+    ckpt.save_tensors(tmp / "starts.safetensors", {"frames": frames, "actions": actions})
+    ckpt.write_json(tmp / "world.json", meta)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _starts(ds: Dataset, K: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Episode starts: the first frame repeated K times with NOOP actions (as in training)."""
+    entries = ds.entries("train")[:n]
+    if not entries:
+        raise ValueError(f"{ds.root}: no training episodes to take starting contexts from")
+    first = np.stack([ds.load(e).frames[0] for e in entries])  # (N, H, W, 3)
+    frames = torch.from_numpy(first)[:, None].repeat(1, K, 1, 1, 1)
+    return frames.contiguous(), torch.zeros(len(entries), K, dtype=torch.int64)
+
+
+def _keymap(env_id: str) -> list[list]:
+    """The source game's key map as JSON: [[key codes...], action] pairs ([] if it has none)."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id).unwrapped
+        keys = env.get_keys_to_action() if hasattr(env, "get_keys_to_action") else {}
+    except Exception:  # a game we cannot make here (e.g. Atari without ale-py) has no key map
+        return []
+    return [[list(k), int(a)] for k, a in keys.items()]
+
+
+def resolve(world: str | Path) -> Path:
+    """A world folder from a path or the name of a shipped world."""
+    path = Path(world)
+    if (path / "world.json").is_file():
+        return path
+    shipped = sorted(p.name for p in WORLDS_DIR.glob("*") if (p / "world.json").is_file())
+    if str(world) in shipped:
+        return WORLDS_DIR / str(world)
+    if path.exists():
+        raise ckpt.CheckpointError(f"{path}: not a world folder (no world.json)")
+    raise ckpt.CheckpointError(
+        f"no world {str(world)!r}: not a folder, and shipped worlds are: {shipped or 'none yet'}"
+    )
+
+
+def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBundle:
+    """Load a world folder (or shipped world name) for inference."""
+    path = resolve(world)
+    meta = ckpt.load_json(path / "world.json")
+    if meta.get("kind") != "worldsim-world":
+        raise ckpt.CheckpointError(
+            f"{path}/world.json: not a worldsim world (kind={meta.get('kind')!r})"
+        )
+    model_cfg = from_dict(ModelConfig, meta["model"])
+    model = WorldModel(model_cfg, len(meta["action_meanings"]), meta["reward_values"])
+    ckpt.load_weights(
+        model, ckpt.load_tensors(path / "teacher.safetensors"), path / "teacher.safetensors"
+    )
+    starts = ckpt.load_tensors(path / "starts.safetensors")
+    K, (h, w) = model_cfg.denoiser.context, meta["frame_size"]
+    if tuple(starts["frames"].shape[1:]) != (K, h, w, 3):
+        raise ckpt.CheckpointError(
+            f"{path}/starts.safetensors: frames {tuple(starts['frames'].shape)}, expected (N, {K}, {h}, {w}, 3)"
+        )
+    student = None
+    if (path / "student.safetensors").is_file():
+        from worldsim.models.denoiser import Denoiser
+
+        student = Denoiser(
+            model_cfg.denoiser, len(meta["action_meanings"]), parameterization="consistency"
+        )
+        ckpt.load_weights(
+            student, ckpt.load_tensors(path / "student.safetensors"), path / "student.safetensors"
+        )
+        student = student.to(device).eval()
+    keys = {tuple(k): a for k, a in meta.get("keys_to_action", [])}
+    return WorldBundle(
+        path, meta, model.to(device).eval(), student, starts["frames"], starts["actions"], keys
+    )
