@@ -32,3 +32,14 @@ def bricks32(tmp_path_factory):
 # a tiny world model that learns Bricks-32 in about a minute on 2 cores
 TINY_TRAIN = ["model=tiny", "optim.lr=1e-3", "optim.warmup=20", "ema=0.95", "eval_every=100000",
               "sample_every=100000"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def small_run(bricks32, tmp_path_factory):
+    """A tiny world model run (2 steps) over Bricks-32: enough to exercise checkpoints."""
+    from worldsim.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("runs") / "small"
+    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={run}", *TINY_TRAIN,
+                                             "steps=2", "ckpt_every=2", "batch_size=4"])  # fmt: skip
+    return train(cfg)

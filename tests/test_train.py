@@ -96,13 +96,6 @@ def test_ddp_with_two_cpu_processes_writes_one_checkpoint(bricks32, tmp_path):
     assert ckpt.load_json(run / "checkpoints" / "step_0000004" / "state.json")["step"] == 4
 
 
-@pytest.fixture(scope="module")
-def small_run(bricks32, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "small"
-    train(config(bricks32, run, "steps=2", "ckpt_every=2", "batch_size=4"))
-    return run
-
-
 def test_pickled_checkpoint_is_refused(small_run, tmp_path):
     path = tmp_path / "model.safetensors"
     torch.save({"w": torch.zeros(3)}, path)  # a pickle wearing the right name

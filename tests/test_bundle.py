@@ -1,0 +1,58 @@
+"""World bundles: self-contained, loadable by path, and refused with one clear message when damaged."""
+
+import json
+
+import pytest
+import torch
+
+from worldsim.bundle import BundleConfig, bundle, load_world
+from worldsim.checkpoint import CheckpointError
+from worldsim.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(small_run, tmp_path_factory):
+    return bundle(
+        BundleConfig(run=str(small_run), out=str(tmp_path_factory.mktemp("w") / "world"), starts=5)
+    )
+
+
+def test_bundle_is_self_contained_and_loads(world):
+    assert sorted(p.name for p in world.iterdir()) == [
+        "starts.safetensors",
+        "teacher.safetensors",
+        "world.json",
+    ]
+    w = load_world(world)
+    assert w.action_meanings == ["NOOP", "FIRE", "RIGHT", "LEFT"]
+    assert w.frame_size == (32, 32)
+    assert w.start_frames.shape == (5, w.context, 32, 32, 3) and w.start_frames.dtype == torch.uint8
+    assert w.keys_to_action and set(w.keys_to_action.values()) <= {0, 1, 2, 3}
+    assert not w.model.training
+    meta = json.loads((world / "world.json").read_text())
+    assert meta["source"]["step"] == 2
+
+
+def test_bundle_never_overwrites_unless_asked(world, small_run, capsys):
+    assert main(["bundle", f"run={small_run}", f"out={world}"]) == 2
+    assert "exists; pass overwrite=true" in capsys.readouterr().err
+    assert main(["bundle", f"run={small_run}", f"out={world}", "overwrite=true", "starts=5"]) == 0
+
+
+def test_missing_and_damaged_worlds_are_refused(world, tmp_path):
+    with pytest.raises(CheckpointError, match="no world 'nowhere'"):
+        load_world("nowhere")
+    with pytest.raises(CheckpointError, match="not a world folder"):
+        load_world(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in world.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "world.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="world.json: not valid JSON"):
+        load_world(broken)
+    (broken / "world.json").write_text((world / "world.json").read_text())
+    data = (world / "teacher.safetensors").read_bytes()
+    (broken / "teacher.safetensors").write_bytes(data[:1000])
+    with pytest.raises(CheckpointError, match="teacher.safetensors: not a readable safetensors"):
+        load_world(broken)
