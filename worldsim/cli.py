@@ -35,6 +35,12 @@ def _bundle(overrides: list[str]) -> None:
     print(f"world written to {bundle(load_config('bundle', BundleConfig, overrides))}")
 
 
+def _distill(overrides: list[str]) -> None:
+    from worldsim.distill import DistillConfig, distill
+
+    print(f"student saved in {distill(load_config('distill', DistillConfig, overrides))}")
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -50,6 +56,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
         "train": ("train a world model (denoiser + reward/end model) on a dataset",
                   cfg_of("worldsim.train", "TrainConfig"), _train),
+        "distill": ("train the one-step consistency student of a trained world model",
+                    cfg_of("worldsim.distill", "DistillConfig"), _distill),
         "bundle": ("make a self-contained world folder from a training run",
                    cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip
@@ -105,7 +113,7 @@ def _command_help(name: str, desc: str, cls) -> str:
     return "\n".join(lines)
 
 
-HEAVY = ("train",)  # commands that run the networks long enough to gain from tcmalloc
+HEAVY = ("train", "distill")  # commands that run the networks long enough to gain from tcmalloc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,18 @@ from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.world import next_frame
 
+EULER_3 = SamplerConfig("euler", steps=3)
+
 
 def write_sample_grid(denoiser: Denoiser, data: SegmentSampler, path: Path, device,
+                      sampler: SamplerConfig = EULER_3,
                       rows: int = 6, scale: int = 2) -> None:  # fmt: skip
-    """One row per held-out segment: its K context frames, the Euler-3 prediction, the real frame."""
+    """One row per held-out segment: its K context frames, the prediction, the real frame."""
     K = denoiser.cfg.context
     batch = data.sample(rows, np.random.default_rng(0))
     obs = batch.obs.to(device)
     gen = torch.Generator(device).manual_seed(0)
-    pred = next_frame(denoiser, to_unit(obs[:, :K]), batch.act[:, :K].to(device),
-                      SamplerConfig("euler", steps=3), gen)  # fmt: skip
+    pred = next_frame(denoiser, to_unit(obs[:, :K]), batch.act[:, :K].to(device), sampler, gen)
     tiles = torch.cat(
         [obs[:, :K], to_uint8(pred)[:, None], obs[:, K : K + 1]], dim=1
     )  # (B, K+2, 3, H, W)

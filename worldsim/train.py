@@ -42,17 +42,13 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Train a world model on a recorded dataset."""
+class RunConfig:
+    """Run control shared by training and distillation."""
 
-    env: EnvConfig = field(default_factory=EnvConfig)
-    """The game the data comes from (names the default folders)."""
     data: str = "data/bricks"
     """Dataset folder (from `worldsim collect`)."""
     out: str = "runs/bricks"
     """Run folder: checkpoints, samples, log."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """Network sizes."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer."""
     batch_size: int = 32
@@ -84,10 +80,20 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
 
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """Train a world model on a recorded dataset."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The game the data comes from (names the default folders)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Network sizes."""
+
+
 class Trainer:
     """Owns the model, EMA, optimizer, data and RNGs of one run, and their checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig | None = None):
+    def __init__(self, cfg: RunConfig, model_cfg: ModelConfig | None = None):
         self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
         self.rank, self.world_size = _init_distributed()
         self.device = _device(cfg.device, self.rank)

@@ -1,0 +1,154 @@
+"""`worldsim distill`: the one-step head, a consistency-distilled student of the teacher.
+
+Consistency distillation (Song et al. 2023, Algorithm 2) with the recipe of ECT (Geng et
+al. 2024): the student starts from the teacher's EMA weights under the consistency
+parameterisation (c_skip(sigma_min) = 1, c_out(sigma_min) = 0); targets come from one
+teacher ODE step between neighbouring noise levels; the target network is the student
+itself without gradient; the pseudo-Huber distance; and the gap between the two levels
+shrinks over training as the discretisation doubles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from worldsim import checkpoint as ckpt
+from worldsim.config import from_dict
+from worldsim.models.denoiser import Denoiser
+from worldsim.models.samplers import SamplerConfig, karras_sigmas
+from worldsim.models.world_model import ModelConfig, WorldModel, to_unit
+from worldsim.train import RunConfig, Trainer
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DistillConfig(RunConfig):
+    """Distil a trained world model's denoiser into a one-step consistency student."""
+
+    teacher: str = "runs/bricks"
+    """Run folder of the trained teacher (its latest EMA weights)."""
+    solver: Literal["euler", "heun"] = "heun"
+    """Teacher ODE step that makes the targets."""
+    distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
+    """Distance between student outputs (iCT's pseudo-Huber, or squared L2)."""
+    n_start: int = 10
+    """Noise levels in the discretisation at the start (large gaps)."""
+    n_end: int = 80
+    """Noise levels at the end; the count doubles in stages between the two."""
+    sigma_min: float = 0.002
+    """Smallest noise level (the boundary condition holds here)."""
+    sigma_max: float = 5.0
+    """Largest noise level: the one-step sampler starts here."""
+    rho: float = 7.0
+    """Karras schedule curvature."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 2 <= self.n_start <= self.n_end:
+            raise ValueError(f"need 2 <= n_start <= n_end, got {self.n_start}, {self.n_end}")
+
+    def levels_at(self, step: int) -> int:
+        """Discretisation size at a training step: n_start doubling in equal stages to n_end.
+
+        >>> [DistillConfig(steps=100, n_start=10, n_end=40).levels_at(s) for s in (0, 40, 99)]
+        [10, 20, 40]
+        """
+        stages = int(math.log2(self.n_end / self.n_start)) + 1
+        return min(self.n_end, self.n_start * 2 ** (step * stages // self.steps))
+
+
+def pseudo_huber(diff: torch.Tensor) -> torch.Tensor:
+    """Per-sample sqrt(|d|^2 + c^2) - c with c = 0.00054 sqrt(dim) (Song & Dhariwal 2023)."""
+    dim = diff[0].numel()
+    c = 0.00054 * math.sqrt(dim)
+    return (diff.flatten(1).pow(2).sum(1) + c**2).sqrt() - c
+
+
+def teacher_step(teacher: DenoiseFn, x_t, t, r, solver: str) -> torch.Tensor:
+    """One probability-flow ODE step from level t to r < t (Karras et al. 2022, Algorithm 1)."""
+    tb, rb = t.view(-1, *[1] * (x_t.ndim - 1)), r.view(-1, *[1] * (x_t.ndim - 1))
+    d = (x_t - teacher(x_t, t)) / tb
+    x_r = x_t + (rb - tb) * d
+    if solver == "heun":
+        d_r = (x_r - teacher(x_r, r)) / rb
+        x_r = x_t + (rb - tb) * (d + d_r) / 2
+    return x_r
+
+
+def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn, x0, sigmas,
+                      generator, solver: str = "heun", distance: str = "pseudo_huber") -> torch.Tensor:  # fmt: skip
+    """Consistency distillation loss for clean samples x0 on the discretisation `sigmas`
+    (descending): d(f(x_t, t), f^-(x_r, r)) / (t - r), with x_r one teacher step from x_t.
+    `target` is the student without gradient (iCT/ECT drop the EMA target)."""
+    B = x0.shape[0]
+    n = torch.randint(0, len(sigmas) - 1, (B,), generator=generator, device=x0.device)
+    t, r = sigmas[n], sigmas[n + 1]
+    x_t = x0 + t.view(-1, *[1] * (x0.ndim - 1)) * torch.randn(
+        x0.shape, generator=generator, device=x0.device
+    )
+    with torch.no_grad():
+        x_r = teacher_step(teacher, x_t, t, r, solver)
+        f_r = target(x_r, r)
+    diff = student(x_t, t) - f_r
+    dist = pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
+    return (dist / (t - r)).mean()
+
+
+class Distiller(Trainer):
+    """Trains the student with the Trainer's loop, checkpoints and resume."""
+
+    def __init__(self, cfg: DistillConfig):
+        path = ckpt.latest_checkpoint(Path(cfg.teacher))
+        self.teacher_state = ckpt.load_json(path / "state.json")
+        self.teacher_weights = ckpt.load_tensors(path / "ema.safetensors")
+        if not cfg.data:
+            cfg = replace(cfg, data=self.teacher_state["config"]["data"])
+        super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
+        self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"]}
+        self.meta["reward_values"] = self.teacher_state["reward_values"]
+
+    def build_model(self, reward_values: list[float]) -> torch.nn.Module:
+        st = self.teacher_state
+        teacher = WorldModel(self.model_cfg, len(st["action_meanings"]), st["reward_values"])
+        ckpt.load_weights(teacher, self.teacher_weights, Path(self.cfg.teacher))
+        self.teacher = teacher.denoiser.to(self.device).eval().requires_grad_(False)
+        student = Denoiser(
+            self.model_cfg.denoiser, len(st["action_meanings"]), parameterization="consistency"
+        )
+        student.load_state_dict(teacher.denoiser.state_dict())  # start from the teacher's EMA
+        return student
+
+    def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, K, dev = self.cfg, self.model_cfg.denoiser.context, self.device
+        frames = to_unit(batch.obs[:, : K + 1].to(dev))
+        ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
+        zero = torch.zeros(len(x0), device=dev)
+        target_net = self.model if model is self.ddp else model  # no gradient through the target
+        sigmas = karras_sigmas(cfg.levels_at(self.step), cfg.sigma_min, cfg.sigma_max, cfg.rho).to(
+            dev
+        )
+        loss = distillation_loss(
+            lambda x, s: model(x, s, ctx, act, zero), lambda x, s: target_net(x, s, ctx, act, zero),
+            lambda x, s: self.teacher(x, s, ctx, act, zero), x0, sigmas, gen, cfg.solver, cfg.distance,
+        )  # fmt: skip
+        return loss, {"loss": loss.item(), "reward_loss": 0.0}
+
+    def write_samples(self, path: Path) -> None:
+        from worldsim.samples import write_sample_grid
+
+        sampler = SamplerConfig(
+            "onestep", sigma_min=self.cfg.sigma_min, sigma_max=self.cfg.sigma_max
+        )
+        write_sample_grid(self.ema, self.test_data or self.train_data, path, self.device, sampler)
+
+
+def distill(cfg: DistillConfig) -> Path:
+    Distiller(cfg).fit()
+    return Path(cfg.out)
