@@ -43,3 +43,17 @@ def small_run(bricks32, tmp_path_factory):
     cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={run}", *TINY_TRAIN,
                                              "steps=2", "ckpt_every=2", "batch_size=4"])  # fmt: skip
     return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(small_run, tmp_path_factory):
+    """A world folder with teacher and one-step student (both barely trained: for API tests)."""
+    from worldsim.bundle import BundleConfig, bundle
+    from worldsim.distill import DistillConfig, distill
+
+    root = tmp_path_factory.mktemp("worlds")
+    student = distill(load_config("distill", DistillConfig, [f"teacher={small_run}", f"out={root / 'student'}",
+                                                             "steps=1", "batch_size=2"]))  # fmt: skip
+    return bundle(
+        BundleConfig(run=str(small_run), student=str(student), out=str(root / "world"), starts=4)
+    )

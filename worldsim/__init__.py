@@ -3,3 +3,12 @@
 import worldsim_envs  # noqa: F401  (registers the source games with Gymnasium)
 
 __version__ = "0.1.0"
+
+import gymnasium as _gym  # noqa: E402
+
+if "worldsim/World-v0" not in _gym.registry:
+    _gym.register(
+        "worldsim/World-v0",
+        entry_point="worldsim.env:WorldModelEnv",
+        vector_entry_point="worldsim.vector_env:WorldModelVectorEnv",
+    )

@@ -31,6 +31,8 @@ class BundleConfig:
     """Run folder (from `worldsim train`); its latest checkpoint's EMA weights are used."""
     out: str = "worlds/bricks"
     """World folder to write."""
+    student: str = ""
+    """Run folder of the one-step student (from `worldsim distill`); empty = none."""
     starts: int = 64
     """Real starting contexts to include (episode starts of the run's training data)."""
     overwrite: bool = False
@@ -88,11 +90,33 @@ def bundle(cfg: BundleConfig) -> Path:
         {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
     )
     ckpt.save_tensors(tmp / "starts.safetensors", {"frames": frames, "actions": actions})
+    if cfg.student:
+        meta["student"] = _write_student(Path(cfg.student), meta, tmp / "student.safetensors")
     ckpt.write_json(tmp / "world.json", meta)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _write_student(run: Path, meta: dict, dest: Path) -> dict:
+    """Copy a distilled student's EMA weights (fp16) into the bundle; it must fit the teacher."""
+    from worldsim.models.denoiser import Denoiser
+
+    path = ckpt.latest_checkpoint(run)
+    state = ckpt.load_json(path / "state.json")
+    if state.get("model") != meta["model"]:
+        raise ckpt.CheckpointError(f"{path}: the student's model config differs from the teacher's")
+    weights = ckpt.load_tensors(path / "ema.safetensors")
+    student = Denoiser(
+        from_dict(ModelConfig, state["model"]).denoiser, len(meta["action_meanings"]), "consistency"
+    )
+    ckpt.load_weights(student, weights, path)
+    ckpt.save_tensors(
+        dest, {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    )
+    return {"run": str(run), "step": state["step"], "sigma_min": state["config"]["sigma_min"],
+            "sigma_max": state["config"]["sigma_max"]}  # fmt: skip
 
 
 def _starts(ds: Dataset, K: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,23 +1,91 @@
-"""Drawing next frames with a trained denoiser: the shared core of eval, the env and play."""
+"""Drawing next frames with a trained world: the shared core of eval, the env and play."""
 
 from __future__ import annotations
 
 import torch
 
 from worldsim.models.denoiser import Denoiser
-from worldsim.models.samplers import SamplerConfig, sample
+from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
+from worldsim.models.world_model import to_uint8, to_unit
 
 
 @torch.no_grad()
 def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler: SamplerConfig,
-               generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+               generator: Generators = None) -> torch.Tensor:  # fmt: skip
     """Draw the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W) in [-1, 1] and
     act (B, K), where act[:, -1] is the action being taken now."""
     B, _, C, H, W = obs.shape
     sigma_ctx = torch.zeros(B, device=obs.device)
-    noise = torch.randn(B, C, H, W, generator=generator, device=obs.device)
+    noise = randn((B, C, H, W), generator, obs.device)
 
     def denoise(x, sigma):
         return denoiser(x, sigma, obs, act, sigma_ctx)
 
     return sample(denoise, noise, sampler, generator).clamp(-1, 1)
+
+
+def default_sampler(bundle) -> SamplerConfig:
+    """One-step when the world has a student, else the teacher's 3-step Euler."""
+    if bundle.student is not None:
+        s = bundle.meta["student"]
+        return SamplerConfig("onestep", 1, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"])
+    return SamplerConfig("euler", 3)
+
+
+class World:
+    """N dreams stepped together by one batched network call per step.
+
+    State: the last K frames (N, K, 3, H, W) in [-1, 1] (quantised to uint8 levels, as the
+    user sees them) and the K actions that produced them (N, K).
+    """
+
+    def __init__(self, bundle, sampler: SamplerConfig | None = None):
+        self.bundle = bundle
+        self.sampler = sampler or default_sampler(bundle)
+        if self.sampler.name in ("onestep", "multistep") and bundle.student is None:
+            raise ValueError(
+                f"sampler {self.sampler.name!r} needs a world with a one-step student; {bundle.path} has none"
+            )
+        self.model = bundle.model
+        self.device = next(self.model.parameters()).device
+        self.frames: torch.Tensor | None = None
+        self.actions: torch.Tensor | None = None
+
+    @property
+    def denoiser(self) -> Denoiser:
+        return (
+            self.bundle.student
+            if self.sampler.name in ("onestep", "multistep")
+            else self.model.denoiser
+        )
+
+    def reset(
+        self, frames: torch.Tensor, actions: torch.Tensor, index: torch.Tensor | None = None
+    ) -> None:
+        """Set the context of all dreams (or those in `index`): frames (n, K, H, W, 3) uint8,
+        actions (n, K) with actions[:, i] the action that produced frames[:, i]."""
+        ctx = to_unit(frames.to(self.device).permute(0, 1, 4, 2, 3))
+        actions = actions.to(self.device, torch.int64)
+        if index is None or self.frames is None:
+            self.frames, self.actions = ctx.clone(), actions.clone()
+        else:
+            self.frames[index], self.actions[index] = ctx, actions
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor, generator: Generators = None):
+        """Advance every dream by one action (N,) -> frames (N, H, W, 3) uint8, rewards (N,)
+        float, ends (N,) bool."""
+        actions = actions.to(self.device, torch.int64)
+        act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
+        nxt = to_unit(
+            to_uint8(next_frame(self.denoiser, self.frames, act, self.sampler, generator))
+        )
+        r_logits, e_logit = self.model.reward(self.frames, actions, nxt)
+        self.frames = torch.cat([self.frames[:, 1:], nxt[:, None]], dim=1)
+        self.actions = act
+        rewards = self.model.reward_values[r_logits.argmax(dim=1)]
+        return to_uint8(nxt).permute(0, 2, 3, 1), rewards, e_logit > 0
+
+    def observation(self) -> torch.Tensor:
+        """The latest frames (N, H, W, 3) uint8."""
+        return to_uint8(self.frames[:, -1]).permute(0, 2, 3, 1)

@@ -13,6 +13,28 @@ from typing import Literal
 import torch
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn(shape, generator: Generators = None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise; with a list of generators, row i is drawn from generator i, so
+    each member of a batch gets the same noise it would get alone.
+
+    >>> gs = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    >>> both = randn((2, 3), gs)
+    >>> torch.equal(both[1], randn((1, 3), torch.Generator().manual_seed(2))[0])
+    True
+    """
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat(
+            [
+                torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype)
+                for g in generator
+            ]
+        )
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -107,7 +129,7 @@ def multistep(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> 
     sigmas = karras_sigmas(cfg.steps + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1]
     x = denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
     for s in sigmas[1:]:
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = randn(x.shape, generator, x.device, x.dtype)
         x_s = x + (s**2 - cfg.sigma_min**2).sqrt() * z
         x = denoise(x_s, _full(x, s))
     return x

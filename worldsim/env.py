@@ -1,0 +1,173 @@
+"""The learned world as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from worldsim.bundle import WorldBundle, load_world
+from worldsim.models.samplers import SamplerConfig
+from worldsim.world import World, default_sampler
+
+
+def make_sampler(bundle: WorldBundle, sampler: str | None, steps: int | None) -> SamplerConfig:
+    """The world's default sampler, or the one named (`euler`, `heun`, `onestep`, `multistep`)."""
+    base = default_sampler(bundle)
+    if sampler is None and steps is None:
+        return base
+    name = sampler or base.name
+    if name not in ("euler", "heun", "onestep", "multistep"):
+        raise ValueError(f"sampler must be euler, heun, onestep or multistep, got {name!r}")
+    if name in ("onestep", "multistep") and bundle.student is None:
+        raise ValueError(
+            f"sampler {name!r} needs a world with a one-step student; {bundle.path} has none"
+        )
+    sig = bundle.meta["student"] if name in ("onestep", "multistep") else {}
+    return SamplerConfig(name, steps or (1 if name == "onestep" else 3),
+                         sigma_min=sig.get("sigma_min", 0.002), sigma_max=sig.get("sigma_max", 5.0))  # fmt: skip
+
+
+def check_context(
+    options: dict, K: int, size: tuple[int, int], n_actions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a reset context: frames (K, H, W, 3) uint8 and actions (K,) in range."""
+    frames, actions = np.asarray(options["frames"]), np.asarray(options["actions"])
+    if frames.shape != (K, *size, 3) or frames.dtype != np.uint8:
+        raise ValueError(
+            f"options['frames'] must be ({K}, {size[0]}, {size[1]}, 3) uint8, got {frames.shape} {frames.dtype}"
+        )
+    if actions.shape != (K,) or not np.issubdtype(actions.dtype, np.integer):
+        raise ValueError(
+            f"options['actions'] must be {K} integers, got {actions.shape} {actions.dtype}"
+        )
+    if actions.min() < 0 or actions.max() >= n_actions:
+        raise ValueError(f"options['actions'] must lie in [0, {n_actions}), got {actions.tolist()}")
+    return torch.from_numpy(frames.copy()), torch.from_numpy(actions.astype(np.int64))
+
+
+def load_checked(world, frame_size: int | None, num_actions: int | None, device) -> WorldBundle:
+    bundle = load_world(world, device)
+    h, w = bundle.frame_size
+    if frame_size is not None and (h, w) != (frame_size, frame_size):
+        raise ValueError(
+            f"world {bundle.path} draws {h}x{w} frames, not the {frame_size}x{frame_size} asked for"
+        )
+    if num_actions is not None and len(bundle.action_meanings) != num_actions:
+        raise ValueError(
+            f"world {bundle.path} has {len(bundle.action_meanings)} actions, not the {num_actions} asked for"
+        )
+    return bundle
+
+
+class WorldModelEnv(gym.Env):
+    """A game as a learned world model dreams it.
+
+    ## Description
+    Each step draws the next frame with the world's diffusion model (by default its
+    one-step consistency student) from the last K frames and the actions, and predicts the
+    reward and whether the episode ends with its reward/end model.
+
+    ## Action Space
+    `Discrete(n)` with the source game's actions (`get_action_meanings()`).
+
+    ## Observation Space
+    `Box(0, 255, (H, W, 3), uint8)`: the dreamed frame (64x64 for the built-in worlds).
+
+    ## Rewards
+    The reward model's prediction: one of the reward values seen in the game's data.
+
+    ## Episode End
+    Terminated when the end model predicts the episode ends; truncated after
+    `max_episode_steps` steps.
+
+    ## Arguments
+    `world`: a shipped world's name or a world folder. `sampler`/`steps`: how frames are
+    drawn (`onestep`, `multistep`, `euler`, `heun`; default one-step when the world has a
+    student). `max_episode_steps` (1000). `render_mode`: `rgb_array` or `human`.
+    `device`: `cpu` or `cuda`. `frame_size`/`num_actions`: if given, the world must match.
+    `reset(options={"frames": (K, H, W, 3) uint8, "actions": (K,)})` starts the dream from
+    any real moment (`actions[i]` produced `frames[i]`); otherwise from one of the world's
+    recorded starts.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
+
+    def __init__(self, world: str = "bricks", sampler: str | None = None, steps: int | None = None,
+                 max_episode_steps: int = 1000, render_mode: str | None = None, device: str = "cpu",
+                 frame_size: int | None = None, num_actions: int | None = None):  # fmt: skip
+        if render_mode not in (None, "rgb_array", "human"):
+            raise ValueError(
+                f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}"
+            )
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.bundle = load_checked(world, frame_size, num_actions, device)
+        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps))
+        self.render_mode, self.max_episode_steps = render_mode, max_episode_steps
+        h, w = self.bundle.frame_size
+        self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
+        self.action_space = spaces.Discrete(len(self.bundle.action_meanings))
+        self._gen = torch.Generator(self.world.device)
+        self._t, self._window = 0, None
+
+    def get_action_meanings(self) -> list[str]:
+        return self.bundle.action_meanings
+
+    def get_keys_to_action(self) -> dict[tuple[int, ...], int]:
+        return dict(self.bundle.keys_to_action)
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return self.world.sampler
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        K = self.bundle.context
+        if options and "frames" in options:
+            frames, actions = check_context(options, K, self.bundle.frame_size, self.action_space.n)
+        else:
+            i = int(self.np_random.integers(len(self.bundle.start_frames)))
+            frames, actions = self.bundle.start_frames[i], self.bundle.start_actions[i]
+        self.world.reset(frames[None], actions[None])
+        self._t = 0
+        self._render_human()
+        return self.world.observation()[0].cpu().numpy(), {"step": 0}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action must be an integer in [0, {self.action_space.n}), got {action!r}"
+            )
+        frames, rewards, ends = self.world.step(torch.tensor([int(action)]), self._gen)
+        self._t += 1
+        self._render_human()
+        truncated = self._t >= self.max_episode_steps
+        return (
+            frames[0].cpu().numpy(),
+            float(rewards[0]),
+            bool(ends[0]),
+            truncated,
+            {"step": self._t},
+        )
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self.world.observation()[0].cpu().numpy()
+        return None
+
+    def _render_human(self):
+        if self.render_mode != "human":
+            return
+        from worldsim.play.display import Window
+
+        if self._window is None:
+            self._window = Window(self.bundle.frame_size, scale=8, caption="worldsim")
+        self._window.show(self.world.observation()[0].cpu().numpy())
+
+    def close(self):
+        if self._window is not None:
+            self._window.close()
+            self._window = None

@@ -1,0 +1,1 @@
+"""Playing worlds live with the keyboard, and recording what is played."""

@@ -1,0 +1,124 @@
+"""N learned worlds stepped by one batched network call: a Gymnasium VectorEnv."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from worldsim.env import check_context, load_checked, make_sampler
+from worldsim.world import World
+
+
+class WorldModelVectorEnv(VectorEnv):
+    """`num_envs` dreams of one world, batched. Env i behaves like a `WorldModelEnv` seeded
+    with seed + i and given the same actions. Autoreset: `next_step` (Gymnasium's default)
+    or `same_step` (what Stable-Baselines3 expects); final observations of the same-step
+    mode are in `infos["final_obs"]`. Arguments as `WorldModelEnv`, plus `num_envs`."""
+
+    def __init__(self, num_envs: int = 8, world: str = "bricks", sampler: str | None = None,
+                 steps: int | None = None, max_episode_steps: int = 1000, device: str = "cpu",
+                 autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+                 frame_size: int | None = None, num_actions: int | None = None, render_mode: str | None = None):  # fmt: skip
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
+        mode = modes.get(autoreset_mode, autoreset_mode)
+        if mode not in modes.values():
+            raise ValueError(
+                f"autoreset_mode must be next_step or same_step, got {autoreset_mode!r}"
+            )
+        self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
+        self.bundle = load_checked(world, frame_size, num_actions, device)
+        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps))
+        self.num_envs, self.max_episode_steps, self.render_mode = (
+            num_envs,
+            max_episode_steps,
+            render_mode,
+        )
+        h, w = self.bundle.frame_size
+        self.single_observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
+        self.single_action_space = spaces.Discrete(len(self.bundle.action_meanings))
+        self.observation_space = spaces.Box(0, 255, (num_envs, h, w, 3), np.uint8)
+        self.action_space = spaces.MultiDiscrete(np.full(num_envs, self.single_action_space.n))
+        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._gens = [torch.Generator(self.world.device) for _ in range(num_envs)]
+        self._t = np.zeros(num_envs, np.int64)
+        self._needs_reset = np.zeros(num_envs, bool)
+
+    def get_action_meanings(self) -> list[str]:
+        return self.bundle.action_meanings
+
+    def _start(self, i: int, options: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seed env i's noise from its np_random and pick its starting context."""
+        rng = self._rngs[i]
+        self._gens[i].manual_seed(int(rng.integers(2**62)))
+        if options and "frames" in options:
+            return check_context(
+                options, self.bundle.context, self.bundle.frame_size, self.single_action_space.n
+            )
+        k = int(rng.integers(len(self.bundle.start_frames)))
+        return self.bundle.start_frames[k], self.bundle.start_actions[k]
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
+        if isinstance(seed, int):
+            seed = [seed + i for i in range(self.num_envs)]
+        seeds = seed if seed is not None else [None] * self.num_envs
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
+        for i, s in enumerate(seeds):
+            if s is not None or seed is None and not hasattr(self, "_seeded"):
+                self._rngs[i], _ = seeding.np_random(s)
+        self._seeded = True
+        starts = [self._start(i, options) for i in range(self.num_envs)]
+        self.world.reset(torch.stack([f for f, _ in starts]), torch.stack([a for _, a in starts]))
+        self._t[:] = 0
+        self._needs_reset[:] = False
+        return self.world.observation().cpu().numpy(), {}
+
+    def _reset_envs(self, index: np.ndarray) -> None:
+        starts = [self._start(int(i), None) for i in index]
+        idx = torch.as_tensor(index, device=self.world.device)
+        self.world.reset(
+            torch.stack([f for f, _ in starts]), torch.stack([a for _, a in starts]), idx
+        )
+        self._t[index] = 0
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,) or not self.action_space.contains(
+            actions.astype(np.int64)
+        ):
+            raise ValueError(
+                f"actions must be {self.num_envs} integers in [0, {self.single_action_space.n}), got {actions.tolist()}"
+            )
+        mode = self.metadata["autoreset_mode"]
+        frames, rewards, ends = self.world.step(
+            torch.from_numpy(actions.astype(np.int64)), self._gens
+        )
+        self._t += 1
+        obs = frames.cpu().numpy()
+        rewards, terms = rewards.cpu().numpy().astype(np.float32), ends.cpu().numpy()
+        truncs = self._t >= self.max_episode_steps
+        if mode == AutoresetMode.NEXT_STEP:
+            # envs that ended last step start afresh now (their action is ignored)
+            restarted = self._needs_reset.copy()
+            if restarted.any():
+                self._reset_envs(np.flatnonzero(restarted))
+                obs[restarted] = self.world.observation()[torch.from_numpy(restarted)].cpu().numpy()
+                rewards[restarted], terms[restarted], truncs[restarted] = 0.0, False, False
+            self._needs_reset = terms | truncs
+            return obs, rewards, terms, truncs, {}
+        done = terms | truncs
+        infos = {}
+        if done.any():
+            infos = {"final_obs": np.array([o if d else None for o, d in zip(obs, done, strict=True)], dtype=object),
+                     "_final_obs": done.copy()}  # fmt: skip
+            self._reset_envs(np.flatnonzero(done))
+            obs = self.world.observation().cpu().numpy()
+        return obs, rewards, terms, truncs, infos
+
+    def render(self):
+        return self.world.observation().cpu().numpy() if self.render_mode == "rgb_array" else None
