@@ -41,6 +41,12 @@ def _distill(overrides: list[str]) -> None:
     print(f"student saved in {distill(load_config('distill', DistillConfig, overrides))}")
 
 
+def _eval(overrides: list[str]) -> None:
+    from worldsim.evaluate import EvalConfig, evaluate, summary
+
+    print(summary(evaluate(load_config("eval", EvalConfig, overrides))))
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -58,6 +64,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                   cfg_of("worldsim.train", "TrainConfig"), _train),
         "distill": ("train the one-step consistency student of a trained world model",
                     cfg_of("worldsim.distill", "DistillConfig"), _distill),
+        "eval": ("score a world against held-out real episodes (report, plot, video)",
+                 cfg_of("worldsim.evaluate", "EvalConfig"), _eval),
         "bundle": ("make a self-contained world folder from a training run",
                    cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip
@@ -113,7 +121,11 @@ def _command_help(name: str, desc: str, cls) -> str:
     return "\n".join(lines)
 
 
-HEAVY = ("train", "distill")  # commands that run the networks long enough to gain from tcmalloc
+HEAVY = (
+    "train",
+    "distill",
+    "eval",
+)  # commands that run the networks long enough to gain from tcmalloc
 
 
 def main(argv: list[str] | None = None) -> int:

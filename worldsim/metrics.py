@@ -25,3 +25,39 @@ def psnr(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = Non
 def moving_mask(last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pixels (B, H, W) that differ between the last context frame and the target."""
     return (last.float() - target.float()).abs().amax(dim=1) > 0
+
+
+def _gaussian_window(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(pred: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-sample SSIM (Wang et al. 2004) of uint8-range (B, 3, H, W) frames, 7x7 Gaussian window.
+
+    >>> x = torch.rand(2, 3, 16, 16) * 255
+    >>> [round(v, 4) for v in ssim(x, x).tolist()]
+    [1.0, 1.0]
+    """
+    import torch.nn.functional as F
+
+    C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    x, y = pred.float(), real.float()
+    c = x.shape[1]
+    w = _gaussian_window().to(x.device).expand(c, 1, -1, -1)
+    blur = lambda t: F.conv2d(t, w, groups=c)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + C1) * (2 * cxy + C2)) / ((mx**2 + my**2 + C1) * (vx + vy + C2))
+    return s.flatten(1).mean(1)
+
+
+def sharpness(frames: torch.Tensor) -> torch.Tensor:
+    """Per-sample variance of the Laplacian of the grey image (B, 3, H, W): blur lowers it."""
+    import torch.nn.functional as F
+
+    grey = frames.float().mean(dim=1, keepdim=True)
+    k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]], device=grey.device)[None, None]
+    return F.conv2d(grey, k).flatten(1).var(dim=1)

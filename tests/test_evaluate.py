@@ -1,0 +1,43 @@
+"""`worldsim eval` writes a complete report for every sampler and refuses what it cannot score."""
+
+import json
+
+import pytest
+
+from worldsim.cli import main
+from worldsim.config import load_config
+from worldsim.evaluate import EvalConfig, evaluate
+
+
+def test_eval_writes_report_plot_and_video(tiny_world, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", f"world={tiny_world}", "starts=2", "horizon=3", f"out={out}"]) == 0
+    assert "copy last frame" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    names = set(report["samplers"])
+    assert {"copy last frame", "student onestep 1", "student multistep 2", "teacher euler 1", "teacher euler 3",
+            "teacher euler 10"} == names  # fmt: skip
+    for name, r in report["samplers"].items():
+        ar = r["autoregressive"]
+        assert all(len(ar[k]) == 3 for k in ("psnr", "psnr_moving", "ssim", "sharpness_ratio")), (
+            name
+        )
+        if name != "copy last frame":
+            assert r["fps_batch1"] > 0 and r["fps_batch32"] > 0 and "psnr" in r["teacher_forced"]
+    assert 0 <= report["reward_end"]["reward_accuracy"] <= 1
+    assert (out / "psnr.png").stat().st_size > 1000
+    assert (out / "rollouts.mp4").read_bytes()[4:8] == b"ftyp"
+    assert (
+        main(["eval", f"world={tiny_world}", "starts=2", "horizon=3", f"out={out}"]) == 2
+    )  # no overwrite
+
+
+def test_eval_refuses_data_of_another_game(tiny_world, bricks_data, tmp_path):
+    with pytest.raises(ValueError, match="holds \\(64, 64\\) frames"):
+        evaluate(
+            load_config(
+                "eval",
+                EvalConfig,
+                [f"world={tiny_world}", f"data={bricks_data.root}", f"out={tmp_path}"],
+            )
+        )

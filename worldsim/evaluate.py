@@ -1,0 +1,293 @@
+"""`worldsim eval`: how closely a world follows the real game on held-out episodes.
+
+Replays held-out real episodes' actions in the world from real starting frames and scores
+the dream against the real frames at every horizon: PSNR and SSIM over the whole frame and
+over the moving pixels, sharpness against the real frames, teacher-forced one-step PSNR,
+reward/end accuracy, action following and speed, for each sampler and copy-the-last-frame.
+Writes report.json, psnr.png and rollouts.mp4 (real | teacher | student) to `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim.bundle import WorldBundle, load_world
+from worldsim.data.segments import SegmentSampler
+from worldsim.data.store import Dataset
+from worldsim.metrics import moving_mask, psnr, sharpness, ssim
+from worldsim.models.samplers import SamplerConfig
+from worldsim.models.world_model import to_unit
+from worldsim.rollout import copy_last, rollout
+from worldsim.world import World, next_frame
+
+DEFAULT_SAMPLERS = (SamplerConfig("onestep", 1), SamplerConfig("multistep", 2), SamplerConfig("euler", 1),
+                    SamplerConfig("euler", 3), SamplerConfig("euler", 10))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Score a world against held-out real play."""
+
+    world: str = "bricks"
+    """World folder or shipped world name."""
+    data: str = ""
+    """Dataset with held-out episodes; empty = the one the world was trained on."""
+    out: str = ""
+    """Report folder; empty = <world>/eval."""
+    samplers: tuple[SamplerConfig, ...] = field(default_factory=lambda: DEFAULT_SAMPLERS)
+    """Samplers to score (student ones are skipped when the world has no student)."""
+    starts: int = 32
+    """Held-out starting points."""
+    horizon: int = 64
+    """Autoregressive steps per rollout."""
+    seed: int = 0
+    """Chooses the starting points and the sampling noise."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    overwrite: bool = False
+    """Replace an existing report."""
+
+    def __post_init__(self):
+        if self.starts < 1 or self.horizon < 1:
+            raise ValueError(f"starts and horizon must be >= 1, got {self.starts}, {self.horizon}")
+
+
+def label(s: SamplerConfig) -> str:
+    who = "student" if s.name in ("onestep", "multistep") else "teacher"
+    return f"{who} {s.name} {s.evaluations}"
+
+
+def scores(gen: torch.Tensor, obs: torch.Tensor, K: int) -> dict[str, list[float]]:
+    """Per-horizon means: PSNR/SSIM whole and moving, sharpness generated / real."""
+    last, out = obs[:, K - 1], {k: [] for k in ("psnr", "psnr_moving", "ssim", "sharpness_ratio")}
+    for t in range(gen.shape[1]):
+        real, g = obs[:, K + t], gen[:, t]
+        out["psnr"].append(psnr(g, real).mean().item())
+        out["psnr_moving"].append(psnr(g, real, moving_mask(last, real)).nanmean().item())
+        out["ssim"].append(ssim(g, real).mean().item())
+        out["sharpness_ratio"].append(
+            (sharpness(g).mean() / sharpness(real).mean().clamp_min(1e-6)).item()
+        )
+    return out
+
+
+def teacher_forced(denoiser, sampler, obs, act, K, gen) -> dict[str, float]:
+    """One-step predictions from real context at every position of the segments."""
+    H = obs.shape[1] - K
+    ctx = torch.stack([obs[:, t : t + K] for t in range(H)], 1).flatten(0, 1)
+    a = torch.stack([act[:, t : t + K] for t in range(H)], 1).flatten(0, 1)
+    real = obs[:, K:].flatten(0, 1)
+    preds = torch.cat([next_frame(denoiser, to_unit(ctx[i : i + 256]), a[i : i + 256], sampler, gen)
+                       for i in range(0, len(ctx), 256)])  # fmt: skip
+    from worldsim.models.world_model import to_uint8
+
+    g, last = to_uint8(preds), ctx[:, -1]
+    return {
+        "psnr": psnr(g, real).mean().item(),
+        "psnr_moving": psnr(g, real, moving_mask(last, real)).nanmean().item(),
+    }
+
+
+@torch.no_grad()
+def reward_accuracy(
+    bundle: WorldBundle, data: SegmentSampler, n: int, seed: int
+) -> dict[str, float]:
+    """Reward class and end prediction on real transitions (next frame real)."""
+    b = data.sample(n, np.random.default_rng(seed))
+    K = bundle.context
+    frames = to_unit(b.obs)
+    logits, end_logit = bundle.model.reward(frames[:, :K], b.act[:, K - 1], frames[:, K])
+    pred = bundle.model.reward_values[logits.argmax(1)]
+    real, end = b.rew[:, 0], b.end[:, 0]
+    nonzero = real != 0
+    return {"reward_accuracy": (pred == real).float().mean().item(),
+            "reward_recall_nonzero": (pred[nonzero] == real[nonzero]).float().mean().item() if nonzero.any() else float("nan"),
+            "end_accuracy": ((end_logit > 0) == end).float().mean().item(),
+            "end_recall": ((end_logit > 0) & end).sum().item() / max(int(end.sum()), 1), "ends_seen": int(end.sum())}  # fmt: skip
+
+
+def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int) -> float:
+    """Frames per second of World.step at a batch size."""
+    world = World(bundle, sampler)
+    idx = torch.arange(batch) % len(bundle.start_frames)
+    world.reset(bundle.start_frames[idx], bundle.start_actions[idx])
+    a = torch.zeros(batch, dtype=torch.int64)
+    world.step(a)  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        world.step(a)
+    return batch * steps / (time.perf_counter() - t)
+
+
+@torch.no_grad()
+def action_following(
+    bundle: WorldBundle, sampler: SamplerConfig, n: int, seed: int, steps: int = 8
+) -> dict | None:
+    """Branch real play into two action sequences that differ at every step, in the real game
+    and in the world from the same context and noise: the pixels that differ between the
+    branches should be the same ones. Needs a built-in game (its state can be copied)."""
+    import copy
+
+    import gymnasium as gym
+
+    try:
+        env = gym.make(bundle.meta["env_id"]).unwrapped
+    except Exception:  # a game not installed here: skip the measure
+        return None
+    if env.observation_space.shape != (*bundle.frame_size, 3) or not hasattr(
+        env, "autopilot_action"
+    ):
+        return None
+    K, A, rng = bundle.context, len(bundle.action_meanings), np.random.default_rng(seed)
+    world, ious, recalls = World(bundle, sampler), [], []
+    for i in range(n):
+        frames, acts = [env.reset(seed=seed + i)[0]], [0]
+        for _ in range(int(rng.integers(K, 60))):
+            acts.append(env.autopilot_action(rng))
+            frames.append(env.step(acts[-1])[0])
+        seq_a = rng.integers(0, A, steps)
+        seq_b = (seq_a + rng.integers(1, A, steps)) % A
+        real = [np.stack(_play(copy.deepcopy(env), seq)) for seq in (seq_a, seq_b)]
+        ctx = torch.from_numpy(np.stack(frames[-K:]))[None].repeat(2, 1, 1, 1, 1)
+        world.reset(ctx, torch.tensor(acts[-K:])[None].repeat(2, 1))
+        gens = [torch.Generator(world.device).manual_seed(seed + i) for _ in range(2)]
+        dream = [[], []]
+        for t in range(steps):
+            out, _, _ = world.step(torch.tensor([seq_a[t], seq_b[t]]), gens)
+            dream[0].append(out[0].cpu().numpy()), dream[1].append(out[1].cpu().numpy())
+        for t in range(steps):
+            m_real = np.abs(real[0][t].astype(int) - real[1][t].astype(int)).max(-1) > 0
+            m_dream = np.abs(dream[0][t].astype(int) - dream[1][t].astype(int)).max(-1) > 24
+            if m_real.any():
+                ious.append((m_real & m_dream).sum() / (m_real | m_dream).sum())
+                recalls.append((m_real & m_dream).sum() / m_real.sum())
+    return {"iou": float(np.mean(ious)) if ious else float("nan"),
+            "recall": float(np.mean(recalls)) if recalls else float("nan"), "branches": n}  # fmt: skip
+
+
+def _play(env, actions) -> list[np.ndarray]:
+    return [env.step(int(a))[0] for a in actions]
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Score the world and write report.json, psnr.png and rollouts.mp4."""
+    bundle = load_world(cfg.world, cfg.device)
+    out = Path(cfg.out) if cfg.out else bundle.path / "eval"
+    if (out / "report.json").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out}/report.json exists; pass overwrite=true to replace it")
+    ds = Dataset.open(cfg.data or bundle.meta["source"]["data"])
+    if ds.frame_size != bundle.frame_size or ds.action_meanings != bundle.action_meanings:
+        raise ValueError(f"{ds.root} holds {ds.frame_size} frames with actions {ds.action_meanings}; "
+                         f"the world has {bundle.frame_size} and {bundle.action_meanings}")  # fmt: skip
+    K, H = bundle.context, cfg.horizon
+    test = SegmentSampler(ds, "test", K, horizon=H)
+    b = test.sample(cfg.starts, np.random.default_rng(cfg.seed))
+    report = {"world": str(bundle.path), "data": str(ds.root), "starts": cfg.starts, "horizon": H,
+              "samplers": {"copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}}}  # fmt: skip
+    videos = {}
+    samplers = [_for_world(s, bundle) for s in cfg.samplers]
+    for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
+        world, gen = World(bundle, s), torch.Generator(cfg.device).manual_seed(cfg.seed)
+        g = rollout(
+            lambda ctx, a, w=world, s=s, gen=gen: next_frame(w.denoiser, ctx, a, s, gen),
+            b.obs,
+            b.act,
+            K,
+            H,
+        )
+        videos[label(s)] = g
+        report["samplers"][label(s)] = {
+            "sampler": asdict(s), "autoregressive": scores(g, b.obs, K),
+            "teacher_forced": teacher_forced(world.denoiser, s, b.obs, b.act, K, gen),
+            "fps_batch1": speed(bundle, s, 1, 10), "fps_batch32": speed(bundle, s, 32, 2),
+            "action_following": action_following(bundle, s, n=8, seed=cfg.seed),
+        }  # fmt: skip
+    report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    _plot(report, out / "psnr.png")
+    _video(b.obs[:, K:], videos, out / "rollouts.mp4")
+    return report
+
+
+def _for_world(s: SamplerConfig, bundle: WorldBundle) -> SamplerConfig | None:
+    if s.name not in ("onestep", "multistep"):
+        return s
+    if bundle.student is None:
+        return None
+    meta = bundle.meta["student"]
+    return replace(s, sigma_min=meta["sigma_min"], sigma_max=meta["sigma_max"])
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in report["samplers"].items():
+        ar = r["autoregressive"]
+        h = np.arange(1, len(ar["psnr"]) + 1)
+        style = "k--" if name == "copy last frame" else "-"
+        axes[0].plot(h, ar["psnr"], style, label=name)
+        axes[1].plot(h, ar["psnr_moving"], style, label=name)
+    for ax, title in zip(axes, ("whole frame", "moving pixels"), strict=True):
+        ax.set(
+            xscale="log", xlabel="horizon (steps, autoregressive)", ylabel="PSNR (dB)", title=title
+        )
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _video(real: torch.Tensor, videos: dict[str, torch.Tensor], path: Path, rows: int = 4) -> None:
+    """real | teacher | student, one row per start (teacher: Euler 3 if scored)."""
+    from worldsim.video import write_mp4
+
+    teachers = [k for k in videos if k.startswith("teacher")]
+    teacher = (
+        videos["teacher euler 3"]
+        if "teacher euler 3" in videos
+        else (videos[teachers[0]] if teachers else None)
+    )
+    student = videos.get("student onestep 1")
+    panels = [p for p in (real, teacher, student) if p is not None]
+    n = min(rows, len(real))
+    grid = torch.cat(
+        [torch.cat([p[i] for p in panels], dim=-1) for i in range(n)], dim=-2
+    )  # (T, 3, n*H, P*W)
+    write_mp4(path, grid.permute(0, 2, 3, 1).contiguous().numpy(), fps=10, scale=3, overwrite=True)
+
+
+def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
+    """A Markdown table of the report: PSNR whole/moving at some horizons, sharpness, speed."""
+    H = report["horizon"]
+    hs = [h for h in horizons if h <= H]
+    head = "/".join(f"h{h}" for h in hs)
+    lines = [f"| sampler | PSNR whole {head} | PSNR moving {head} | sharpness gen/real h1, h{hs[-1]} "
+             f"| teacher-forced PSNR whole, moving | action IoU | frames/s b1, b32 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in report["samplers"].items():
+        ar = r["autoregressive"]
+        tf, af = r.get("teacher_forced"), r.get("action_following")
+        lines.append(
+            f"| {name} | " + " / ".join(f"{ar['psnr'][h - 1]:.1f}" for h in hs)
+            + " | " + " / ".join(f"{ar['psnr_moving'][h - 1]:.1f}" for h in hs)
+            + f" | {ar['sharpness_ratio'][0]:.2f}, {ar['sharpness_ratio'][hs[-1] - 1]:.2f}"
+            + (f" | {tf['psnr']:.1f}, {tf['psnr_moving']:.1f}" if tf else " | -")
+            + (f" | {af['iou']:.2f}" if af else " | -")
+            + (f" | {r['fps_batch1']:.0f}, {r['fps_batch32']:.0f} |" if "fps_batch1" in r else " | - |")
+        )  # fmt: skip
+    re = report["reward_end"]
+    lines.append(f"\nreward accuracy {re['reward_accuracy']:.3f} (non-zero rewards {re['reward_recall_nonzero']:.3f}), "
+                 f"end accuracy {re['end_accuracy']:.3f} (recall {re['end_recall']:.2f} of {re['ends_seen']} ends)")  # fmt: skip
+    return "\n".join(lines)
