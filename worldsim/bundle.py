@@ -81,6 +81,7 @@ def bundle(cfg: BundleConfig) -> Path:
     meta = {"kind": "worldsim-world", "env_id": state["env_id"], "action_meanings": state["action_meanings"],
             "frame_size": state["frame_size"], "reward_values": state["reward_values"],
             "model": state["model"], "keys_to_action": _keymap(state["env_id"]),
+            "env": {**state["config"].get("env", {}), "id": state["env_id"], "frame_size": state["frame_size"][0]},
             "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"]}}  # fmt: skip
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -47,6 +47,28 @@ def _eval(overrides: list[str]) -> None:
     print(summary(evaluate(load_config("eval", EvalConfig, overrides))))
 
 
+def _play(overrides: list[str]) -> None:
+    import os
+
+    from worldsim.play.app import PlayConfig, play
+
+    cfg = load_config("play", PlayConfig, overrides)
+    if not cfg.headless and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        print(
+            "no display found: playing headless with random actions (headless=true policy=random)"
+        )
+        from dataclasses import replace
+
+        cfg = replace(
+            cfg, headless=True, policy="random" if cfg.policy == "keyboard" else cfg.policy
+        )
+    result = play(cfg)
+    print(
+        f"played {result['frames']} frames at {result['fps']:.1f} fps"
+        + (f"; {result['message']}" if result["message"] else "")
+    )
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -66,6 +88,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                     cfg_of("worldsim.distill", "DistillConfig"), _distill),
         "eval": ("score a world against held-out real episodes (report, plot, video)",
                  cfg_of("worldsim.evaluate", "EvalConfig"), _eval),
+        "play": ("play a world live with the keyboard (or headless), recording if asked",
+                 cfg_of("worldsim.play.app", "PlayConfig"), _play),
         "bundle": ("make a self-contained world folder from a training run",
                    cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip

@@ -1,0 +1,108 @@
+"""Play, headless: synthetic key events drive the loop; sessions record mp4 + episodes."""
+
+import os
+
+import numpy as np
+import pygame
+import pytest
+
+from worldsim.cli import main
+from worldsim.data.store import Dataset
+from worldsim.play.app import PlayConfig, PlaySession
+from worldsim.play.controls import KeyboardInput
+
+
+def key(kind, k):
+    return pygame.event.Event(kind, key=k)
+
+
+def test_held_keys_map_to_actions():
+    inp = KeyboardInput({(pygame.K_SPACE,): 1, (pygame.K_RIGHT,): 2, (pygame.K_LEFT,): 3})
+    assert inp.action() == 0
+    assert inp.process([key(pygame.KEYDOWN, pygame.K_RIGHT)]) == [] and inp.action() == 2
+    inp.process([key(pygame.KEYDOWN, pygame.K_LEFT)])
+    assert inp.action() == 3  # the most recent mapped key wins when the pair has no mapping
+    inp.process([key(pygame.KEYUP, pygame.K_LEFT)])
+    assert inp.action() == 2
+    inp.process([key(pygame.KEYUP, pygame.K_RIGHT), key(pygame.KEYDOWN, pygame.K_a)])
+    assert inp.action() == 0  # unmapped keys do nothing
+    assert inp.process([key(pygame.KEYDOWN, pygame.K_p), key(pygame.KEYDOWN, pygame.K_ESCAPE)]) == [
+        "pause",
+        "quit",
+    ]
+
+
+class Recording(PlaySession):
+    """A session that remembers the actions it sent to the world."""
+
+    def advance(self, action):
+        self.sent = [*getattr(self, "sent", []), action]
+        super().advance(action)
+
+
+def test_game_loop_sends_the_keyboard_actions(tiny_world, tmp_path):
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    cfg = PlayConfig(world=str(tiny_world), fps=0, out=str(tmp_path))
+    s = Recording(cfg)
+    script = [[key(pygame.KEYDOWN, pygame.K_RIGHT)], [], [key(pygame.KEYUP, pygame.K_RIGHT), key(pygame.KEYDOWN, pygame.K_SPACE)],
+              [key(pygame.KEYUP, pygame.K_SPACE)], [key(pygame.KEYDOWN, pygame.K_p)], [], [key(pygame.KEYDOWN, pygame.K_n)],
+              [key(pygame.KEYDOWN, pygame.K_q)]]  # fmt: skip
+    events = iter(script)
+    s.run(lambda: next(events))
+    # right, right, fire, noop, (paused: nothing), (paused: nothing), single step: noop; then quit
+    assert s.sent == [2, 2, 1, 0, 0]
+
+
+def test_headless_session_records_mp4_and_episode(tiny_world, tmp_path, capsys):
+    out = tmp_path / "rec"
+    assert main(["play", f"world={tiny_world}", "headless=true", "policy=sticky", "frames=20", "fps=0",
+                 "record=true", f"out={out}", "sampler=euler", "steps=1"]) == 0  # fmt: skip
+    mp4s = list(out.glob("*.mp4"))
+    assert mp4s and all(p.read_bytes()[4:8] == b"ftyp" for p in mp4s)
+    ds = Dataset.open(out / "episodes")
+    assert ds.entries() and all(ds.load(e).frames.shape[1:] == (32, 32, 3) for e in ds.entries())
+    assert sum(e["length"] for e in ds.entries()) >= 1
+
+
+def test_actions_file_drives_headless_play(tiny_world, tmp_path):
+    path = tmp_path / "acts.txt"
+    path.write_text("\n".join(["2", "2", "3", "1"]))
+    s = Recording(
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="actions",
+            actions=str(path),
+            frames=0,
+            fps=0,
+        )
+    )
+    s.run(lambda: [])
+    assert s.sent == [2, 2, 3, 1]
+    path.write_text("7\n")
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 4\)"):
+        PlaySession(
+            PlayConfig(world=str(tiny_world), headless=True, policy="actions", actions=str(path))
+        )
+
+
+def test_unwritable_recording_folder_is_one_message_and_play_goes_on(tiny_world, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a folder inside a file cannot be made, even by root
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=5, fps=0,
+                               record=True, out=str(blocker / "sub")))  # fmt: skip
+    result = s.run(lambda: [])
+    assert result["frames"] == 5 and result["message"].startswith("recording not saved")
+
+
+def test_recording_never_overwrites(tiny_world, tmp_path):
+    from worldsim.play.recorder import Recorder
+
+    r = Recorder(tmp_path, "worldsim/Bricks-v0", ["NOOP", "FIRE", "RIGHT", "LEFT"], (32, 32), 15)
+    paths = []
+    for _ in range(2):
+        r.start(np.zeros((32, 32, 3), np.uint8))
+        r.add(1, np.zeros((32, 32, 3), np.uint8), 0.0, False)
+        paths.append(r.save("dream"))
+    assert paths[0] != paths[1] and all(p.exists() for p in paths)
+    assert len(Dataset.open(tmp_path / "episodes").entries()) == 2

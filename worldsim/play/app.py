@@ -1,0 +1,276 @@
+"""`python play.py` / `worldsim play`: play a learned world live with the keyboard.
+
+The loop steps the world as fast as it can up to `fps`, shows it scaled up with a HUD
+(achieved FPS, step, return, sampler), and takes its actions from the keyboard or, when
+headless, from a scripted source (random, sticky random, or a file of actions).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from worldsim.play.controls import HELP, KeyboardInput
+
+
+@dataclass(frozen=True)
+class PlayConfig:
+    """Play a world live (or headless from scripted actions), optionally recording."""
+
+    world: str = "bricks"
+    """Shipped world name or world folder."""
+    sampler: str = ""
+    """onestep, multistep, euler or heun; empty = the world's default (one-step if it has a student)."""
+    steps: int = 0
+    """Sampler evaluations; 0 = the sampler's default."""
+    teacher_steps: int = 3
+    """Euler steps of the teacher when TAB switches to it."""
+    fps: int = 30
+    """Target frames per second (0 = as fast as possible)."""
+    scale: int = 8
+    """Window pixels per world pixel (nearest-neighbour)."""
+    headless: bool = False
+    """No window (SDL dummy drivers); actions come from `policy`."""
+    policy: Literal["keyboard", "random", "sticky", "actions"] = "keyboard"
+    """Where actions come from; headless play needs random, sticky or actions."""
+    actions: str = ""
+    """policy=actions: a file of action indices (.npy, or text with one integer per line)."""
+    frames: int = 600
+    """Headless: frames to play (0 = until the actions run out)."""
+    real: bool = False
+    """Show the real game beside the dream, both fed the same actions."""
+    record: bool = False
+    """Record from the start (C toggles recording in the window)."""
+    out: str = "recordings"
+    """Folder for recordings (mp4 + episodes)."""
+    seed: int = 0
+    """Seeds the world's starts and noise and the scripted policies."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    screenshot: str = ""
+    """Save a PNG of the window here when the session ends."""
+
+    def __post_init__(self):
+        if self.fps < 0 or self.scale < 1 or self.frames < 0:
+            raise ValueError(
+                f"need fps >= 0, scale >= 1, frames >= 0; got {self.fps}, {self.scale}, {self.frames}"
+            )
+        if self.headless and self.policy == "keyboard":
+            raise ValueError(
+                "headless play needs policy=random, sticky or actions (there is no keyboard)"
+            )
+        if self.policy == "actions" and not self.actions:
+            raise ValueError("policy=actions needs actions=<file of action indices>")
+
+
+def load_actions(path: str, n_actions: int) -> np.ndarray:
+    """Action indices from a .npy file or a text file with one integer per line."""
+    try:
+        acts = np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a file of action indices ({e})") from None
+    acts = np.asarray(acts).astype(np.int64).ravel()
+    if len(acts) == 0 or acts.min() < 0 or acts.max() >= n_actions:
+        raise ValueError(
+            f"{path}: actions must be integers in [0, {n_actions}), got {acts[:8].tolist()}..."
+        )
+    return acts
+
+
+class ScriptedActions:
+    """Headless action source: random, sticky random, or a file."""
+
+    def __init__(self, cfg: PlayConfig, n_actions: int):
+        self.cfg, self.n, self.rng = cfg, n_actions, np.random.default_rng(cfg.seed)
+        self.file = load_actions(cfg.actions, n_actions) if cfg.policy == "actions" else None
+        self.t, self.held, self.left = 0, 0, 0
+
+    def exhausted(self) -> bool:
+        return self.file is not None and self.t >= len(self.file)
+
+    def __call__(self) -> int:
+        self.t += 1
+        if self.file is not None:
+            return int(self.file[self.t - 1])
+        if self.cfg.policy == "sticky":
+            if self.left == 0:
+                self.held, self.left = int(self.rng.integers(self.n)), int(self.rng.integers(1, 8))
+            self.left -= 1
+            return self.held
+        return int(self.rng.integers(self.n))
+
+
+class PlaySession:
+    """The game loop: input -> world step (and real game) -> window, at most `fps` times a second."""
+
+    def __init__(self, cfg: PlayConfig):
+        if cfg.headless:
+            os.environ["SDL_VIDEODRIVER"] = os.environ["SDL_AUDIODRIVER"] = "dummy"
+        from worldsim.env import WorldModelEnv
+        from worldsim.play.display import Window
+        from worldsim.play.recorder import Recorder
+
+        self.cfg = cfg
+        self.env = WorldModelEnv(cfg.world, sampler=cfg.sampler or None, steps=cfg.steps or None,
+                                 max_episode_steps=10**9, device=cfg.device)  # fmt: skip
+        self.samplers = [self.env.world.sampler, self._teacher_sampler()]
+        self.input = KeyboardInput(self.env.get_keys_to_action())
+        self.script = (
+            None if cfg.policy == "keyboard" else ScriptedActions(cfg, self.env.action_space.n)
+        )
+        self.window = Window(self.env.bundle.frame_size, cfg.scale, "worldsim", panels=2)
+        b = self.env.bundle
+        self.recorder = Recorder(
+            cfg.out, b.meta["env_id"], b.action_meanings, b.frame_size, max(cfg.fps, 15)
+        )
+        self.real_env, self.real_frame, self.message = None, None, ""
+        self.paused, self.t, self.ret, self.fps = False, 0, 0.0, 0.0
+        self.frame, _ = self.env.reset(seed=cfg.seed)
+        if cfg.real:
+            self.toggle_real()
+        if cfg.record:
+            self.toggle_record()
+
+    def _teacher_sampler(self):
+        from worldsim.models.samplers import SamplerConfig
+
+        return SamplerConfig("euler", self.cfg.teacher_steps)
+
+    # --- commands ------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.frame, _ = self.env.reset()
+        self.t, self.ret = 0, 0.0
+        if self.real_env is not None:
+            self.real_env = None
+            self.toggle_real()
+
+    def switch_sampler(self) -> None:
+        other = self.samplers[1] if self.env.world.sampler == self.samplers[0] else self.samplers[0]
+        self.env.world.sampler = other
+
+    def toggle_real(self) -> None:
+        """Show the real game beside the dream; the dream restarts from the real game's frames."""
+        if self.real_env is not None:
+            self.real_env, self.real_frame = None, None
+            return
+        from worldsim.config import from_dict
+        from worldsim.games import EnvConfig, make_env
+
+        try:
+            self.real_env = make_env(from_dict(EnvConfig, self.env.bundle.meta["env"]))
+        except Exception as e:  # the source game is not installed here
+            self.message = f"real game unavailable: {e}"
+            return
+        K = self.env.bundle.context
+        frames, actions = [self.real_env.reset(seed=self.cfg.seed + self.t)[0]] * K, [0] * K
+        self.frame, _ = self.env.reset(
+            options={"frames": np.stack(frames), "actions": np.array(actions)}
+        )
+        self.real_frame = frames[-1]
+
+    def toggle_record(self) -> None:
+        if not self.recorder.active:
+            self.recorder.start(self.frame)
+            self.message = "recording"
+            return
+        try:
+            path = self.recorder.save("dream")
+            self.message = f"saved {path}" if path else "nothing recorded"
+        except OSError as e:  # an unwritable folder or a full disk: say so and play on
+            self.message = f"recording not saved: {e.strerror or e} ({self.cfg.out})"
+
+    # --- the loop ------------------------------------------------------------------------
+    def tick(self, events) -> bool:
+        """Handle one frame's events and advance the world; False when the player quits."""
+        single = False
+        for cmd in self.input.process(events):
+            if cmd == "quit":
+                return False
+            single |= cmd == "step"
+            {"reset": self.reset, "pause": self._pause, "sampler": self.switch_sampler, "real": self.toggle_real,
+             "record": self.toggle_record, "step": lambda: None}[cmd]()  # fmt: skip
+        if not self.paused or single:
+            self.advance(self.script() if self.script else self.input.action())
+        self.draw()
+        return True
+
+    def _pause(self) -> None:
+        self.paused = not self.paused
+
+    def advance(self, action: int) -> None:
+        self.last_action = action
+        self.frame, reward, terminated, _, _ = self.env.step(action)
+        self.t, self.ret = self.t + 1, self.ret + reward
+        self.recorder.add(action, self.frame, reward, terminated)
+        if self.real_env is not None:
+            self.real_frame, _, real_end, real_trunc, _ = self.real_env.step(action)
+            if real_end or real_trunc:
+                self.real_frame, _ = self.real_env.reset()
+        if terminated:
+            if self.recorder.active:
+                self.toggle_record()
+            self.reset()
+
+    def draw(self) -> None:
+        s = self.env.world.sampler
+        hud = (f"{self.fps:4.1f} fps  step {self.t}  return {self.ret:.0f}  {s.name} x{s.evaluations}"
+               + ("  [paused]" if self.paused else "") + ("  REC" if self.recorder.active else "")
+               + (f"  {self.message}" if self.message else f"   {HELP}"))  # fmt: skip
+        frames = (self.frame,) if self.real_frame is None else (self.frame, self.real_frame)
+        self.window.show(*frames, hud=hud)
+
+    def run(self, events_source) -> dict:
+        """Loop until quit (or `frames` headless frames); returns achieved frame rate."""
+        period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
+        t0 = last = due = time.perf_counter()
+        n = 0
+        while self.tick(events_source()):
+            n += 1
+            due = max(due + period, time.perf_counter() - period)  # a fixed schedule, no drift
+            if period and due > time.perf_counter():
+                time.sleep(due - time.perf_counter())
+            now = time.perf_counter()
+            self.fps = (
+                0.9 * self.fps + 0.1 / max(now - last, 1e-6) if n > 1 else 1 / max(now - last, 1e-6)
+            )
+            last = now
+            if self.cfg.headless and (
+                self.cfg.frames and n >= self.cfg.frames or self.script.exhausted()
+            ):
+                break
+        elapsed = time.perf_counter() - t0
+        if self.recorder.active:
+            self.toggle_record()
+        if self.cfg.screenshot:
+            import cv2
+
+            cv2.imwrite(self.cfg.screenshot, self.window.screenshot()[..., ::-1])
+        self.window.close()
+        return {
+            "frames": n,
+            "seconds": elapsed,
+            "fps": n / elapsed if elapsed else 0.0,
+            "message": self.message,
+        }
+
+
+def play(cfg: PlayConfig) -> dict:
+    session = PlaySession(cfg)
+    if cfg.headless:
+        return session.run(lambda: [])
+    import pygame
+
+    return session.run(pygame.event.get)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python play.py [key=value ...]`."""
+    import sys
+
+    from worldsim.cli import main as cli_main
+
+    return cli_main(["play", *(sys.argv[1:] if argv is None else argv)])

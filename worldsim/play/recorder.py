@@ -1,0 +1,64 @@
+"""Recording played episodes: an H.264 mp4 plus the episode in the collection format."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from worldsim.data.store import Dataset, Episode
+from worldsim.video import write_mp4
+
+
+class Recorder:
+    """Collects frames and actions; `save` writes `<out>/<name>.mp4` and appends the episode
+    to the dataset `<out>/episodes` (readable with `worldsim data info`). Never overwrites."""
+
+    def __init__(
+        self, out: str | Path, env_id: str, action_meanings: list[str], frame_size, fps: int
+    ):
+        self.out, self.env_id, self.meanings, self.size, self.fps = (
+            Path(out),
+            env_id,
+            action_meanings,
+            frame_size,
+            fps,
+        )
+        self.frames, self.actions, self.rewards, self.ends = [], [], [], []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.frames)
+
+    def start(self, frame: np.ndarray) -> None:
+        self.frames, self.actions, self.rewards, self.ends = [frame], [], [], []
+
+    def add(self, action: int, frame: np.ndarray, reward: float, terminated: bool) -> None:
+        if self.frames:
+            (
+                self.actions.append(action),
+                self.frames.append(frame),
+                self.rewards.append(reward),
+                self.ends.append(terminated),
+            )  # noqa: E501
+
+    def save(self, source: str) -> Path | None:
+        """Write what was recorded; returns the mp4 path (None if nothing was played)."""
+        frames, self.frames = self.frames, []
+        if len(frames) < 2:
+            return None
+        T = len(frames) - 1
+        ep = Episode(np.stack(frames), np.array(self.actions, np.int64), np.array(self.rewards, np.float32),
+                     np.array(self.ends, bool), np.zeros(T, bool))  # fmt: skip
+        ep.truncated[-1] = not ep.terminated[-1]
+        self.out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, i = self.out / f"{source}-{stamp}.mp4", 1
+        while path.exists():
+            path, i = self.out / f"{source}-{stamp}-{i}.mp4", i + 1
+        write_mp4(path, ep.frames, fps=self.fps, scale=4)
+        ds = Dataset.create_or_append(self.out / "episodes", env_id=self.env_id, env=source, action_meanings=self.meanings,
+                                      frame_size=list(self.size), test_fraction=0.0)  # fmt: skip
+        ds.add(ds.next_id(), ep, policy=source)
+        return path
