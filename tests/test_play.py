@@ -106,3 +106,13 @@ def test_recording_never_overwrites(tiny_world, tmp_path):
         paths.append(r.save("dream"))
     assert paths[0] != paths[1] and all(p.exists() for p in paths)
     assert len(Dataset.open(tmp_path / "episodes").entries()) == 2
+
+
+@pytest.mark.parametrize("source", ["world", "game"])
+def test_record_command_writes_videos_and_episodes(tiny_world, tmp_path, source):
+    out = tmp_path / "rec"
+    args = [f"world={tiny_world}"] if source == "world" else ["game=worldsim/Bricks-v0"]
+    assert main(["record", *args, "episodes=2", "max_steps=12", f"out={out}", "policy=sticky"]) == 0
+    assert len(list(out.glob("*.mp4"))) == 2
+    ds = Dataset.open(out / "episodes")
+    assert len(ds.entries()) == 2 and all(1 <= e["length"] <= 12 for e in ds.entries())

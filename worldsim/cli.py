@@ -69,6 +69,13 @@ def _play(overrides: list[str]) -> None:
     )
 
 
+def _record(overrides: list[str]) -> None:
+    from worldsim.play.record import RecordConfig, record
+
+    for path in record(load_config("record", RecordConfig, overrides)):
+        print(f"wrote {path}")
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -90,6 +97,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                  cfg_of("worldsim.evaluate", "EvalConfig"), _eval),
         "play": ("play a world live with the keyboard (or headless), recording if asked",
                  cfg_of("worldsim.play.app", "PlayConfig"), _play),
+        "record": ("record episodes of a world or a real game (mp4 + episode dataset)",
+                   cfg_of("worldsim.play.record", "RecordConfig"), _record),
         "bundle": ("make a self-contained world folder from a training run",
                    cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip
