@@ -138,3 +138,27 @@ def test_long_rollout_stays_finite_in_range_and_bounded(tiny_world):
     assert (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 50_000
     )  # KiB: no growth per step
+
+
+def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from worldsim.sb3 import WorldVecEnv
+
+    venv = WorldVecEnv(num_envs=4, world=str(tiny_world), max_episode_steps=6)
+    assert isinstance(venv, VecEnv)
+    venv.seed(0)
+    obs = venv.reset()
+    assert obs.shape == (4, 32, 32, 3) and obs.dtype == np.uint8
+    saw_end = False
+    for _ in range(8):
+        obs, rew, dones, infos = venv.step(np.array([0, 1, 2, 3]))
+        for i in np.flatnonzero(dones):
+            saw_end = True
+            assert infos[i]["terminal_observation"].shape == (32, 32, 3)
+    assert saw_end
+    # SB3's NatureCNN needs frames of at least 36x36: this 32x32 test world takes the MLP policy
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, seed=0, verbose=0)
+    model.learn(total_timesteps=32)
+    assert model.num_timesteps >= 32
