@@ -1,0 +1,97 @@
+"""Benchmark: how fast a world runs on this machine, batched and live.
+
+    python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep]
+
+Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128; a 10,000-step single-env
+rollout (finite, in range, memory before/after); and headless play's achieved FPS over
+600 frames at the 30 FPS target and uncapped. Markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+from worldsim.env import WorldModelEnv
+from worldsim.play.app import PlayConfig, PlaySession
+from worldsim.vector_env import WorldModelVectorEnv
+
+
+def vector_fps(world: str, sampler: str | None, n: int, steps: int) -> float:
+    venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9)
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    venv.step(rng.integers(0, venv.single_action_space.n, n))  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        venv.step(rng.integers(0, venv.single_action_space.n, n))
+    return n * steps / (time.perf_counter() - t)
+
+
+def long_rollout(world: str, sampler: str | None, steps: int) -> dict:
+    env = WorldModelEnv(world, sampler=sampler, max_episode_steps=10**9)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    rss0, lo, hi, resets = None, 255, 0, 0
+    for t in range(steps):
+        obs, r, term, _, _ = env.step(int(rng.integers(env.action_space.n)))
+        assert np.isfinite(r), f"reward {r} at step {t}"
+        lo, hi = min(lo, int(obs.min())), max(hi, int(obs.max()))
+        if term:
+            env.reset()
+            resets += 1
+        if t == 100:
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "steps": steps,
+        "min": lo,
+        "max": hi,
+        "resets": resets,
+        "rss_mb_at_100": rss0 / 1024,
+        "rss_mb_end": rss1 / 1024,
+    }
+
+
+def play_fps(world: str, sampler: str, fps: int, frames: int = 600) -> float:
+    cfg = PlayConfig(
+        world=world, sampler=sampler, headless=True, policy="sticky", frames=frames, fps=fps
+    )
+    return PlaySession(cfg).run(lambda: [])["fps"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--world", required=True)
+    p.add_argument(
+        "--sampler", default=None, help="default: the world's (one-step when it has a student)"
+    )
+    p.add_argument("--rollout", type=int, default=10_000)
+    args = p.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print("| N | frames/s |\n|---|---|")
+    for n in (1, 8, 32, 128):
+        print(
+            f"| {n} | {vector_fps(args.world, args.sampler, n, steps=max(2, 64 // n)):.1f} |",
+            flush=True,
+        )
+    r = long_rollout(args.world, args.sampler, args.rollout)
+    print(f"\n{r['steps']}-step rollout: pixel range [{r['min']}, {r['max']}], {r['resets']} resets, "
+          f"max RSS {r['rss_mb_at_100']:.0f} MB at step 100 -> {r['rss_mb_end']:.0f} MB at the end")  # fmt: skip
+    s = args.sampler or ""
+    print(f"headless play, 600 frames: {play_fps(args.world, s, 30):.1f} FPS at the 30 FPS target, "
+          f"{play_fps(args.world, s, 0):.1f} FPS uncapped")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
