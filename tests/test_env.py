@@ -162,3 +162,17 @@ def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
     model = PPO("MlpPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, seed=0, verbose=0)
     model.learn(total_timesteps=32)
     assert model.num_timesteps >= 32
+
+
+def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, tmp_path, capsys):
+    import json
+
+    from worldsim.cli import main
+
+    out = tmp_path / "rl"
+    assert main(["rl", f"world={tiny_world}", "steps=256", "num_envs=2", "eval_episodes=2", "eval_max_steps=30",
+                 "max_episode_steps=20", "real_baseline=false", f"out={out}"]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["dream_agent"]) == 2 and len(report["random"]) == 2
+    assert (out / "agent_dream.zip").exists() and (out / "dream_agent_in_real_game.mp4").exists()
+    assert "dream_agent" in capsys.readouterr().out

@@ -76,6 +76,12 @@ def _record(overrides: list[str]) -> None:
         print(f"wrote {path}")
 
 
+def _rl(overrides: list[str]) -> None:
+    from worldsim.rl import RLConfig, summary, train_rl
+
+    print(summary(train_rl(load_config("rl", RLConfig, overrides))))
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -99,6 +105,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                  cfg_of("worldsim.play.app", "PlayConfig"), _play),
         "record": ("record episodes of a world or a real game (mp4 + episode dataset)",
                    cfg_of("worldsim.play.record", "RecordConfig"), _record),
+        "rl": ("train a PPO agent inside a world, then score it in the real game",
+               cfg_of("worldsim.rl", "RLConfig"), _rl),
         "bundle": ("make a self-contained world folder from a training run",
                    cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip
