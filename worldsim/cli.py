@@ -82,6 +82,12 @@ def _rl(overrides: list[str]) -> None:
     print(summary(train_rl(load_config("rl", RLConfig, overrides))))
 
 
+def _pipeline(overrides: list[str]) -> None:
+    from worldsim.pipeline import PipelineConfig, pipeline
+
+    pipeline(load_config("pipeline", PipelineConfig, overrides))
+
+
 # name -> (one-line help, config dataclass getter, runner)
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     def cfg_of(module: str, name: str) -> Callable:
@@ -93,6 +99,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         return get
 
     return {
+        "pipeline": ("game -> playable world in one command: collect, train, distill, eval, bundle",
+                     cfg_of("worldsim.pipeline", "PipelineConfig"), _pipeline),
         "collect": ("record play of a game into an episode dataset",
                     cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
         "train": ("train a world model (denoiser + reward/end model) on a dataset",

@@ -1,0 +1,130 @@
+"""`worldsim pipeline`: one command from a game to a playable world.
+
+collect -> train -> distill -> eval -> bundle, in one folder. Each stage is skipped when
+its output is already complete and resumed when it was interrupted, so re-running the same
+command after a crash picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from worldsim import checkpoint as ckpt
+from worldsim.data.store import DataError, Dataset
+from worldsim.games import EnvConfig
+from worldsim.models.world_model import ModelConfig
+
+
+@dataclass(frozen=True)
+class PresetConfig:
+    """How big each stage is."""
+
+    collect_steps: int = 30_000
+    """Steps of recorded play."""
+    test_fraction: float = 0.1
+    """Share of episodes held out for evaluation."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """World model size."""
+    batch_size: int = 32
+    """Training batch size."""
+    train_steps: int = 100_000
+    """Teacher training steps (the time budget usually ends it first)."""
+    train_minutes: float = 8.0
+    """Teacher training time budget."""
+    distill_steps: int = 100_000
+    """Student distillation steps (the time budget usually ends it first)."""
+    distill_minutes: float = 2.0
+    """Student distillation time budget."""
+    eval_starts: int = 8
+    """Held-out starts scored by eval."""
+    eval_horizon: int = 16
+    """Autoregressive horizon of eval."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Collect, train, distill, eval and bundle a world for a game."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The game (env=bricks|maze|gym|atari)."""
+    preset: PresetConfig = field(default_factory=PresetConfig)
+    """Stage sizes (preset=quick|full)."""
+    name: Literal["quick", "full", "custom"] = "custom"
+    """Name of the preset (set by preset=...)."""
+    root: str = "pipelines/bricks"
+    """Folder holding data/, teacher/, student/, world/ (and world/eval/)."""
+    seed: int = 0
+    """Seeds every stage."""
+
+
+def _complete_run(run: Path, steps: int, minutes: float) -> bool:
+    """A run is complete when it reached its steps or spent its time budget."""
+    try:
+        state = ckpt.load_json(ckpt.latest_checkpoint(run) / "state.json")
+    except ckpt.CheckpointError:
+        return False
+    log = run / "log.jsonl"
+    spent = log.exists() and any('"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
+                                 for line in log.read_text().splitlines()[-1:])  # fmt: skip
+    return state["step"] >= steps or bool(spent)
+
+
+def pipeline(cfg: PipelineConfig) -> Path:
+    from worldsim.bundle import BundleConfig, bundle
+    from worldsim.data.collect import CollectConfig, collect
+    from worldsim.distill import DistillConfig, distill
+    from worldsim.evaluate import EvalConfig, evaluate, summary
+    from worldsim.train import TrainConfig, train
+
+    p, root = cfg.preset, Path(cfg.root)
+    data, teacher, student, world = (
+        root / "data",
+        root / "teacher",
+        root / "student",
+        root / "world",
+    )
+    try:
+        have = sum(e["length"] for e in Dataset.open(data).entries())
+    except DataError:
+        have = 0
+    if have < p.collect_steps:
+        print(f"[1/5] collect: {p.collect_steps - have} steps of {cfg.env.name}")
+        collect(CollectConfig(env=cfg.env, out=str(data), steps=p.collect_steps - have, seed=cfg.seed + have,
+                              test_fraction=p.test_fraction))  # fmt: skip
+    print(
+        "[2/5] train the teacher"
+        + (" (done)" if _complete_run(teacher, p.train_steps, p.train_minutes) else "")
+    )
+    if not _complete_run(teacher, p.train_steps, p.train_minutes):
+        train(TrainConfig(env=cfg.env, data=str(data), out=str(teacher), model=p.model, batch_size=p.batch_size,
+                          steps=p.train_steps, minutes=p.train_minutes, seed=cfg.seed,
+                          resume=(teacher / "latest").exists()))  # fmt: skip
+    print(
+        "[3/5] distill the one-step student"
+        + (" (done)" if _complete_run(student, p.distill_steps, p.distill_minutes) else "")
+    )
+    if not _complete_run(student, p.distill_steps, p.distill_minutes):
+        distill(DistillConfig(teacher=str(teacher), data=str(data), out=str(student), batch_size=p.batch_size,
+                              steps=p.distill_steps, minutes=p.distill_minutes, seed=cfg.seed,
+                              resume=(student / "latest").exists(), optim=replace(DistillConfig().optim, lr=5e-5)))  # fmt: skip
+    if not (world / "world.json").exists():
+        print("[4/5] bundle the world")
+        bundle(BundleConfig(run=str(teacher), student=str(student), out=str(world)))
+    if not (world / "eval" / "report.json").exists():
+        print("[5/5] evaluate on held-out episodes")
+        print(
+            summary(
+                evaluate(
+                    EvalConfig(
+                        world=str(world),
+                        starts=p.eval_starts,
+                        horizon=p.eval_horizon,
+                        seed=cfg.seed,
+                    )
+                )
+            )
+        )
+    print(f"world ready: python play.py world={world}")
+    return world
