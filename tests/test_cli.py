@@ -69,3 +69,13 @@ def test_data_info_and_video(bricks_data, tmp_path, capsys):
 def test_data_info_on_a_missing_folder(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "nope")]) == 2
     assert "not a worldsim dataset" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = readme.split("## Quickstart")[1].split("```bash\n")[1].split("```")[0].strip().splitlines()
+    assert len(block) == 2  # the Quickstart is exactly two command lines
+    assert block[1] in (root / ".ci" / "run").read_text().splitlines()
