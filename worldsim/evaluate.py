@@ -23,7 +23,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
-from worldsim.models.world_model import to_unit
+from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.rollout import copy_last, rollout
 from worldsim.world import World, next_frame
 
@@ -86,8 +86,6 @@ def teacher_forced(denoiser, sampler, obs, act, K, gen) -> dict[str, float]:
     real = obs[:, K:].flatten(0, 1)
     preds = torch.cat([next_frame(denoiser, to_unit(ctx[i : i + 256]), a[i : i + 256], sampler, gen)
                        for i in range(0, len(ctx), 256)])  # fmt: skip
-    from worldsim.models.world_model import to_uint8
-
     g, last = to_uint8(preds), ctx[:, -1]
     return {
         "psnr": psnr(g, real).mean().item(),
