@@ -25,6 +25,9 @@ def test_help_works_outside_the_repo(tmp_path):
     assert r.returncode == 0 and "collect" in r.stdout and "train" in r.stdout
     r = run("collect", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "policy.name" in r.stdout and "env.frame_size" in r.stdout
+    r = run("collect", "env=maze", "out=d", "steps=30", "workers=1", cwd=tmp_path)  # composes the configs
+    assert r.returncode == 0, r.stderr
+    assert "worldsim/Maze-v0" in r.stdout and (tmp_path / "d" / "manifest.json").exists()
 
 
 def test_unknown_game_lists_valid_ones(capsys):

@@ -79,3 +79,16 @@ def test_unknown_game_lists_the_valid_ones():
 def test_frame_size_must_be_a_multiple_of_8():
     with pytest.raises(ValueError, match="multiple of 8, got 30"):
         EnvConfig(frame_size=30)
+
+
+def test_atari_adapter_gives_64x64_frames_and_life_loss_ends():
+    pytest.importorskip("ale_py")
+    env = make_env(EnvConfig(name="atari", id="Breakout", kind="atari", life_loss=True))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert "FIRE" in action_meanings(env)
+    for _ in range(2000):
+        obs, _, term, trunc, _ = env.step(env.action_space.sample())
+        if term or trunc:
+            break
+    assert term  # a lost life ends the episode long before the game is over
