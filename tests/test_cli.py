@@ -25,7 +25,9 @@ def test_help_works_outside_the_repo(tmp_path):
     assert r.returncode == 0 and "collect" in r.stdout and "train" in r.stdout
     r = run("collect", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "policy.name" in r.stdout and "env.frame_size" in r.stdout
-    r = run("collect", "env=maze", "out=d", "steps=30", "workers=1", cwd=tmp_path)  # composes the configs
+    r = run(
+        "collect", "env=maze", "out=d", "steps=30", "workers=1", cwd=tmp_path
+    )  # composes the configs
     assert r.returncode == 0, r.stderr
     assert "worldsim/Maze-v0" in r.stdout and (tmp_path / "d" / "manifest.json").exists()
 
@@ -79,6 +81,8 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
-    block = readme.split("## Quickstart")[1].split("```bash\n")[1].split("```")[0].strip().splitlines()
+    block = (
+        readme.split("## Quickstart")[1].split("```bash\n")[1].split("```")[0].strip().splitlines()
+    )
     assert len(block) == 2  # the Quickstart is exactly two command lines
     assert block[1] in (root / ".ci" / "run").read_text().splitlines()
