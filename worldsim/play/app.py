@@ -40,7 +40,7 @@ class PlayConfig:
     actions: str = ""
     """policy=actions: a file of action indices (.npy, or text with one integer per line)."""
     frames: int = 600
-    """Headless: frames to play (0 = until the actions run out)."""
+    """Scripted play (policy != keyboard): frames to play (0 = until the actions run out)."""
     real: bool = False
     """Show the real game beside the dream, both fed the same actions."""
     record: bool = False
@@ -238,7 +238,7 @@ class PlaySession:
                 0.9 * self.fps + 0.1 / max(now - last, 1e-6) if n > 1 else 1 / max(now - last, 1e-6)
             )
             last = now
-            if self.cfg.headless and (
+            if self.script and (
                 self.cfg.frames and n >= self.cfg.frames or self.script.exhausted()
             ):
                 break
