@@ -11,11 +11,14 @@ from worldsim.models.world_model import to_uint8, to_unit
 
 @torch.no_grad()
 def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler: SamplerConfig,
-               generator: Generators = None) -> torch.Tensor:  # fmt: skip
+               generator: Generators = None, ctx_noise: float = 0.0) -> torch.Tensor:  # fmt: skip
     """Draw the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W) in [-1, 1] and
-    act (B, K), where act[:, -1] is the action being taken now."""
+    act (B, K), where act[:, -1] is the action being taken now. `ctx_noise` > 0 noises the
+    context to that level and says so to the network, as in training (GameNGen)."""
     B, _, C, H, W = obs.shape
-    sigma_ctx = torch.zeros(B, device=obs.device)
+    sigma_ctx = torch.full((B,), float(ctx_noise), device=obs.device)
+    if ctx_noise > 0:
+        obs = obs + ctx_noise * randn(obs.shape, generator, obs.device)
     noise = randn((B, C, H, W), generator, obs.device)
 
     def denoise(x, sigma):
