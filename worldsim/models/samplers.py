@@ -89,12 +89,17 @@ def _full(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
 
 
+def _ode_sigmas(cfg: SamplerConfig) -> torch.Tensor:
+    """The Karras levels of an ODE sampler, then a final jump to sigma = 0."""
+    return torch.cat(
+        [karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)]
+    )
+
+
 def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without the
     second-order step); the last step jumps to sigma = 0, so 1 step is x0 = D(sigma_max z)."""
-    sigmas = torch.cat(
-        [karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)]
-    )
+    sigmas = _ode_sigmas(cfg)
     x = noise * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         d = (x - denoise(x, _full(x, s))) / s
@@ -104,9 +109,7 @@ def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torc
 
 def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic)."""
-    sigmas = torch.cat(
-        [karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)]
-    )
+    sigmas = _ode_sigmas(cfg)
     x = noise * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         d = (x - denoise(x, _full(x, s))) / s
