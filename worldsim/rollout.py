@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from worldsim.data.segments import SegmentSampler
 from worldsim.metrics import moving_mask, psnr
 from worldsim.models.world_model import to_uint8, to_unit
 
 # (context (B, K, 3, H, W) in [-1, 1], actions (B, K)) -> next frame (B, 3, H, W) in [-1, 1]
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def real_segments(data: SegmentSampler, n: int, seed: int = 0):
-    """n held-out segments of K context frames and data.h targets, drawn with a fixed seed."""
-    return data.sample(n, np.random.default_rng(seed))
 
 
 @torch.no_grad()

@@ -256,7 +256,7 @@ def _plain(cfg) -> dict:
 
 
 def _reward_values(data: SegmentSampler) -> list[float]:
-    values = sorted({float(v) for acts, rews, ends in data._small for v in np.unique(rews)} | {0.0})
+    values = sorted({float(v) for _, rews, _ in data.small for v in np.unique(rews)} | {0.0})
     if len(values) > 32:
         raise ValueError(
             f"{len(values)} distinct rewards in the data; the reward model handles at most 32"

@@ -69,9 +69,8 @@ class WorldModelVectorEnv(VectorEnv):
         if len(seeds) != self.num_envs:
             raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
         for i, s in enumerate(seeds):
-            if s is not None or seed is None and not hasattr(self, "_seeded"):
+            if s is not None:  # unseeded envs go on with their generators (random from __init__)
                 self._rngs[i], _ = seeding.np_random(s)
-        self._seeded = True
         starts = [self._start(i, options) for i in range(self.num_envs)]
         self.world.reset(torch.stack([f for f, _ in starts]), torch.stack([a for _, a in starts]))
         self._t[:] = 0

@@ -80,14 +80,13 @@ class World:
         float, ends (N,) bool."""
         actions = actions.to(self.device, torch.int64)
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
-        nxt = to_unit(
-            to_uint8(next_frame(self.denoiser, self.frames, act, self.sampler, generator))
-        )
+        frame = to_uint8(next_frame(self.denoiser, self.frames, act, self.sampler, generator))
+        nxt = to_unit(frame)  # the context holds what the user sees: uint8 levels
         r_logits, e_logit = self.model.reward(self.frames, actions, nxt)
         self.frames = torch.cat([self.frames[:, 1:], nxt[:, None]], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
-        return to_uint8(nxt).permute(0, 2, 3, 1), rewards, e_logit > 0
+        return frame.permute(0, 2, 3, 1), rewards, e_logit > 0
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""

@@ -46,10 +46,10 @@ class SegmentSampler:
         self.entries = [e for e in dataset.entries(split) if e["length"] >= horizon]
         if not self.entries:
             raise DataError(f"{dataset.root}: no {split} episodes with at least {horizon} steps")
-        self._small = []
+        self.small = []  # (actions, rewards, terminated) of each episode, kept in memory
         for e in self.entries:
             d = load_episode(dataset.root / e["file"], fields=("actions", "rewards", "terminated"))
-            self._small.append((d["actions"], d["rewards"], d["terminated"]))
+            self.small.append((d["actions"], d["rewards"], d["terminated"]))
         # frame offsets of each episode inside the cache; every step ending a segment is
         # sampled with equal probability
         self.offsets = np.cumsum([0] + [e["length"] + 1 for e in self.entries])
@@ -86,7 +86,7 @@ class SegmentSampler:
         """The segment with global index `index` in [0, len(self))."""
         i = int(np.searchsorted(self.cum, index, side="right"))
         t = index - (self.cum[i - 1] if i else 0)  # last context frame
-        acts, rews, ends = self._small[i]
+        acts, rews, ends = self.small[i]
         idx = np.arange(t - self.K + 1, t + self.h + 1)
         frames = self.all_frames[self.offsets[i] + np.clip(idx, 0, None)]
         act_idx = idx[:-1]

@@ -202,7 +202,6 @@ class PlaySession:
         self.paused = not self.paused
 
     def advance(self, action: int) -> None:
-        self.last_action = action
         self.frame, reward, terminated, _, _ = self.env.step(action)
         self.t, self.ret = self.t + 1, self.ret + reward
         self.recorder.add(action, self.frame, reward, terminated)
