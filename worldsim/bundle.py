@@ -121,13 +121,13 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
 
 
 def _starts(ds: Dataset, K: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Episode starts: the first frame repeated K times with NOOP actions (as in training)."""
+    """Episode starts: first frames (N, H, W, 3), and the NOOP actions of their contexts (the
+    loader repeats each frame K times, as training pads an episode's start)."""
     entries = ds.entries("train")[:n]
     if not entries:
         raise ValueError(f"{ds.root}: no training episodes to take starting contexts from")
-    first = np.stack([ds.load(e).frames[0] for e in entries])  # (N, H, W, 3)
-    frames = torch.from_numpy(first)[:, None].repeat(1, K, 1, 1, 1)
-    return frames.contiguous(), torch.zeros(len(entries), K, dtype=torch.int64)
+    first = np.stack([ds.load(e).frames[0] for e in entries])
+    return torch.from_numpy(first), torch.zeros(len(entries), K, dtype=torch.int64)
 
 
 def _keymap(env_id: str) -> list[list]:
@@ -172,10 +172,11 @@ def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBu
     )
     starts = ckpt.load_tensors(path / "starts.safetensors")
     K, (h, w) = model_cfg.denoiser.context, meta["frame_size"]
-    if tuple(starts["frames"].shape[1:]) != (K, h, w, 3):
+    if tuple(starts["frames"].shape[1:]) != (h, w, 3):
         raise ckpt.CheckpointError(
-            f"{path}/starts.safetensors: frames {tuple(starts['frames'].shape)}, expected (N, {K}, {h}, {w}, 3)"
+            f"{path}/starts.safetensors: frames {tuple(starts['frames'].shape)}, expected (N, {h}, {w}, 3)"
         )
+    starts["frames"] = starts["frames"][:, None].expand(-1, K, -1, -1, -1).contiguous()
     student = None
     if (path / "student.safetensors").is_file():
         from worldsim.models.denoiser import Denoiser

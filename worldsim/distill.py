@@ -131,9 +131,9 @@ class Distiller(Trainer):
         ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
         zero = torch.zeros(len(x0), device=dev)
         target_net = self.model if model is self.ddp else model  # no gradient through the target
-        sigmas = karras_sigmas(cfg.levels_at(self.step), cfg.sigma_min, cfg.sigma_max, cfg.rho).to(
-            dev
-        )
+        sigmas = karras_sigmas(
+            cfg.levels_at(self.schedule_step()), cfg.sigma_min, cfg.sigma_max, cfg.rho
+        ).to(dev)
         loss = distillation_loss(
             lambda x, s: model(x, s, ctx, act, zero), lambda x, s: target_net(x, s, ctx, act, zero),
             lambda x, s: self.teacher(x, s, ctx, act, zero), x0, sigmas, gen, cfg.solver, cfg.distance,

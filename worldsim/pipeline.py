@@ -28,7 +28,9 @@ class PresetConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """World model size."""
     batch_size: int = 32
-    """Training batch size."""
+    """Training (and distillation) batch size."""
+    lr: float = 3e-4
+    """Teacher learning rate."""
     train_steps: int = 100_000
     """Teacher training steps (the time budget usually ends it first)."""
     train_minutes: float = 8.0
@@ -57,6 +59,8 @@ class PipelineConfig:
     """Folder holding data/, teacher/, student/, world/ (and world/eval/)."""
     seed: int = 0
     """Seeds every stage."""
+    device: str = "auto"
+    """Where training, distillation and eval run: cpu, cuda, or auto (cuda when available)."""
 
 
 def _complete_run(run: Path, steps: int, minutes: float) -> bool:
@@ -69,6 +73,12 @@ def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     spent = log.exists() and any('"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
                                  for line in log.read_text().splitlines()[-1:])  # fmt: skip
     return state["step"] >= steps or bool(spent)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def pipeline(cfg: PipelineConfig) -> Path:
@@ -99,6 +109,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
     )
     if not _complete_run(teacher, p.train_steps, p.train_minutes):
         train(TrainConfig(env=cfg.env, data=str(data), out=str(teacher), model=p.model, batch_size=p.batch_size,
+                          optim=replace(TrainConfig().optim, lr=p.lr), device=cfg.device,
                           steps=p.train_steps, minutes=p.train_minutes, seed=cfg.seed,
                           resume=(teacher / "latest").exists()))  # fmt: skip
     print(
@@ -107,7 +118,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
     )
     if not _complete_run(student, p.distill_steps, p.distill_minutes):
         distill(DistillConfig(teacher=str(teacher), data=str(data), out=str(student), batch_size=p.batch_size,
-                              steps=p.distill_steps, minutes=p.distill_minutes, seed=cfg.seed,
+                              steps=p.distill_steps, minutes=p.distill_minutes, seed=cfg.seed, device=cfg.device,
                               resume=(student / "latest").exists(), optim=replace(DistillConfig().optim, lr=5e-5)))  # fmt: skip
     if not (world / "world.json").exists():
         print("[4/5] bundle the world")
@@ -122,6 +133,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
                         starts=p.eval_starts,
                         horizon=p.eval_horizon,
                         seed=cfg.seed,
+                        device=_device(cfg.device),
                     )
                 )
             )

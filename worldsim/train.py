@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,9 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                      weight_decay=cfg.optim.weight_decay)  # fmt: skip
         self.step = 0
-        self.np_rng = np.random.default_rng([cfg.seed, self.rank])
+        self.elapsed = 0.0  # seconds of training so far, across resumes
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="batches")
+        self._next: tuple[int, Future] | None = None
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
         self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
                      "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
@@ -145,7 +148,7 @@ class Trainer:
         opt_tensors, groups = ckpt.optimizer_tensors(self.opt)
         files = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optim": opt_tensors,
                  "rng": {"torch": self.gen.get_state(), "torch_global": torch.get_rng_state()}}  # fmt: skip
-        state = {**self.meta, "param_groups": groups, "np_rng": self.np_rng.bit_generator.state}
+        state = {**self.meta, "param_groups": groups, "elapsed": self.elapsed}
         ckpt.write_checkpoint(self.run, self.step, files, state)
 
     def load(self, path: Path) -> None:
@@ -160,16 +163,31 @@ class Trainer:
         rng = ckpt.load_tensors(path / "rng.safetensors")
         self.gen.set_state(rng["torch"])
         torch.set_rng_state(rng["torch_global"])
-        self.np_rng.bit_generator.state = state["np_rng"]
         self.step = state["step"]
+        self.elapsed = float(state.get("elapsed", 0.0))
 
     # --- training ----------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         return self.cfg.optim.lr * min(1.0, (step + 1) / self.cfg.optim.warmup)
 
+    def _batch(self, step: int):
+        """The training batch of `step`: a function of (seed, rank, step) alone, so a resumed
+        run sees the same batches; the next one is gathered in a thread meanwhile."""
+
+        def draw(s):
+            rng = np.random.default_rng([self.cfg.seed, self.rank, s])
+            return self.train_data.sample(self.cfg.batch_size, rng)
+
+        if self._next is not None and self._next[0] == step:
+            batch = self._next[1].result()
+        else:
+            batch = draw(step)
+        self._next = (step + 1, self._prefetch.submit(draw, step + 1))
+        return batch
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
-        batch = self.train_data.sample(cfg.batch_size, self.np_rng)
+        batch = self._batch(self.step)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         with _autocast(self.device):
@@ -213,8 +231,15 @@ class Trainer:
 
         write_sample_grid(self.ema.denoiser, self.test_data or self.train_data, path, self.device)
 
+    def schedule_step(self) -> int:
+        """Where a schedule over `steps` stands: the step, or the share of the time budget
+        spent (scaled to steps) when that is further along."""
+        if self.cfg.minutes <= 0:
+            return self.step
+        return max(self.step, int(self.cfg.steps * self.elapsed / (60 * self.cfg.minutes)))
+
     def fit(self) -> None:
-        cfg, t0 = self.cfg, time.monotonic()
+        cfg, t0 = self.cfg, time.monotonic() - self.elapsed
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0
         )
@@ -223,6 +248,7 @@ class Trainer:
         while self.step < cfg.steps:
             m = self.train_step()
             now = time.monotonic()
+            self.elapsed = now - t0
             m["samples_per_s"] = cfg.batch_size * self.world_size / max(now - last, 1e-9)
             last = now
             bar.update(1)

@@ -82,6 +82,16 @@ class SegmentSampler:
             )
         return frames
 
+    def _episode_arrays(self, episodes, act_idx, target_idx):
+        """Actions (NOOP before an episode's start), rewards and ends, gathered in one go."""
+        if not hasattr(self, "_flat"):  # every episode's small arrays end to end
+            self._flat = [np.concatenate([x[k] for x in self.small]) for k in range(3)]
+            self._flat_off = np.cumsum([0] + [len(x[0]) for x in self.small])[:-1]
+        off = self._flat_off[episodes][:, None]
+        acts, rews, ends = self._flat
+        act = np.where(act_idx >= 0, acts[off + np.clip(act_idx, 0, None)], 0)
+        return act, rews[off + target_idx], ends[off + target_idx]
+
     def segment(self, index: int) -> tuple[np.ndarray, ...]:
         """The segment with global index `index` in [0, len(self))."""
         i = int(np.searchsorted(self.cum, index, side="right"))
@@ -94,8 +104,14 @@ class SegmentSampler:
         return (frames, act, rews[t : t + self.h], ends[t : t + self.h], idx >= 0)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Segment:
-        parts = [self.segment(int(j)) for j in rng.integers(0, len(self), batch_size)]
-        obs, act, rew, end, mask = (np.stack(x) for x in zip(*parts, strict=True))
+        index = rng.integers(0, len(self), batch_size)
+        i = np.searchsorted(self.cum, index, side="right")  # episode of each segment
+        t = index - np.where(i > 0, self.cum[i - 1], 0)  # its last context frame
+        idx = t[:, None] + np.arange(-self.K + 1, self.h + 1)  # (B, K+h) frame indices
+        obs = self.all_frames[(self.offsets[i][:, None] + np.clip(idx, 0, None)).ravel()]
+        obs = obs.reshape(batch_size, self.K + self.h, *obs.shape[1:])
+        act, rew, end = self._episode_arrays(i, idx[:, :-1], t[:, None] + np.arange(self.h))
+        mask = idx >= 0
         return Segment(torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
                        torch.from_numpy(act), torch.from_numpy(rew.astype(np.float32)),
                        torch.from_numpy(end), torch.from_numpy(mask))  # fmt: skip

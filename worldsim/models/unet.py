@@ -17,7 +17,7 @@ from torch import nn
 class UNetConfig:
     """Size of the U-Net."""
 
-    channels: tuple[int, ...] = (64, 96, 128)
+    channels: tuple[int, ...] = (64, 96, 96)
     """Channels per level; each further level halves the resolution."""
     blocks: int = 1
     """Residual blocks per level (down path; the up path has one more)."""
@@ -25,7 +25,7 @@ class UNetConfig:
     """Self-attention after each block of a level (use it only at low resolution)."""
     stem: int = 2
     """Pixel-unshuffle factor of the input (1 = work at full resolution)."""
-    cond_dim: int = 256
+    cond_dim: int = 128
     """Width of the conditioning vector (noise levels and actions)."""
 
     def __post_init__(self):
