@@ -23,14 +23,17 @@ from worldsim.play.app import PlayConfig, PlaySession
 from worldsim.vector_env import WorldModelVectorEnv
 
 
-def vector_fps(world: str, sampler: str | None, n: int, steps: int) -> float:
-    venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9)
+def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str = "cpu") -> float:
+    venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9, device=device)
     venv.reset(seed=0)
     rng = np.random.default_rng(0)
-    venv.step(rng.integers(0, venv.single_action_space.n, n))  # warm-up
+    for _ in range(3):  # warm-up
+        venv.step(rng.integers(0, venv.single_action_space.n, n))
     t = time.perf_counter()
     for _ in range(steps):
         venv.step(rng.integers(0, venv.single_action_space.n, n))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return n * steps / (time.perf_counter() - t)
 
 
@@ -75,16 +78,21 @@ def main() -> None:
         "--sampler", default=None, help="default: the world's (one-step when it has a student)"
     )
     p.add_argument("--rollout", type=int, default=10_000)
+    p.add_argument("--device", default="cpu", help="where the vector env runs (cpu, cuda)")
+    p.add_argument("--vector-only", action="store_true", help="only the N = 1..128 table")
     args = p.parse_args()
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"device: {args.device} (GPU: {gpu}); machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print("| N | frames/s |\n|---|---|")
     for n in (1, 8, 32, 128):
         print(
-            f"| {n} | {vector_fps(args.world, args.sampler, n, steps=max(2, 64 // n)):.1f} |",
+            f"| {n} | {vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device):.1f} |",
             flush=True,
         )
+    if args.vector_only:
+        return
     r = long_rollout(args.world, args.sampler, args.rollout)
     print(f"\n{r['steps']}-step rollout: pixel range [{r['min']}, {r['max']}], {r['resets']} resets, "
           f"max RSS {r['rss_mb_at_100']:.0f} MB at step 100 -> {r['rss_mb_end']:.0f} MB at the end")  # fmt: skip

@@ -28,7 +28,8 @@ class BundleConfig:
     """Make a world folder from a training run."""
 
     run: str = "runs/bricks"
-    """Run folder (from `worldsim train`); its latest checkpoint's EMA weights are used."""
+    """Run folder (from `worldsim train`); its latest checkpoint's EMA weights are used. A
+    world folder also works: its teacher and starts are kept (e.g. to swap in a new student)."""
     out: str = "worlds/bricks"
     """World folder to write."""
     student: str = ""
@@ -69,6 +70,8 @@ def bundle(cfg: BundleConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
+    if (Path(cfg.run) / "world.json").is_file():
+        return _rebundle(cfg, out)
     path = ckpt.latest_checkpoint(Path(cfg.run))
     state = ckpt.load_json(path / "state.json")
     weights = ckpt.load_tensors(path / "ema.safetensors")
@@ -91,6 +94,25 @@ def bundle(cfg: BundleConfig) -> Path:
         {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
     )
     ckpt.save_tensors(tmp / "starts.safetensors", {"frames": frames, "actions": actions})
+    if cfg.student:
+        meta["student"] = _write_student(Path(cfg.student), meta, tmp / "student.safetensors")
+    ckpt.write_json(tmp / "world.json", meta)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _rebundle(cfg: BundleConfig, out: Path) -> Path:
+    """A world from another world folder: same teacher and starts, the student of `cfg.student`."""
+    src = Path(cfg.run)
+    meta = ckpt.load_json(src / "world.json")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("teacher.safetensors", "starts.safetensors"):
+        shutil.copy2(src / name, tmp / name)
+    meta.pop("student", None)
     if cfg.student:
         meta["student"] = _write_student(Path(cfg.student), meta, tmp / "student.safetensors")
     ckpt.write_json(tmp / "world.json", meta)

@@ -33,7 +33,9 @@ class DistillConfig(RunConfig):
     """Distil a trained world model's denoiser into a one-step consistency student."""
 
     teacher: str = "runs/bricks"
-    """Run folder of the trained teacher (its latest EMA weights)."""
+    """Run folder of the trained teacher (its latest EMA weights), or a world folder."""
+    init: str = ""
+    """World folder whose student starts this one (to distil further); empty = the teacher."""
     solver: Literal["euler", "heun"] = "heun"
     """Teacher ODE step that makes the targets."""
     distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
@@ -105,13 +107,12 @@ class Distiller(Trainer):
     """Trains the student with the Trainer's loop, checkpoints and resume."""
 
     def __init__(self, cfg: DistillConfig):
-        path = ckpt.latest_checkpoint(Path(cfg.teacher))
-        self.teacher_state = ckpt.load_json(path / "state.json")
-        self.teacher_weights = ckpt.load_tensors(path / "ema.safetensors")
+        self.teacher_state, self.teacher_weights = _teacher(Path(cfg.teacher))
         if not cfg.data:
             cfg = replace(cfg, data=self.teacher_state["config"]["data"])
         super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
-        self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"]}
+        self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"],
+                                "init": cfg.init or None}  # fmt: skip
         self.meta["reward_values"] = self.teacher_state["reward_values"]
 
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
@@ -123,6 +124,10 @@ class Distiller(Trainer):
             self.model_cfg.denoiser, len(st["action_meanings"]), parameterization="consistency"
         )
         student.load_state_dict(teacher.denoiser.state_dict())  # start from the teacher's EMA
+        if self.cfg.init:
+            path = Path(self.cfg.init) / "student.safetensors"
+            weights = {k: v.float() for k, v in ckpt.load_tensors(path).items()}
+            ckpt.load_weights(student, weights, path)
         return student
 
     def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
@@ -147,6 +152,19 @@ class Distiller(Trainer):
             "onestep", sigma_min=self.cfg.sigma_min, sigma_max=self.cfg.sigma_max
         )
         write_sample_grid(self.ema, self.test_data or self.train_data, path, self.device, sampler)
+
+
+def _teacher(path: Path) -> tuple[dict, dict]:
+    """(state, fp32 weights) of a teacher run's latest EMA, or of a world folder's teacher."""
+    if (path / "world.json").is_file():
+        meta = ckpt.load_json(path / "world.json")
+        weights = ckpt.load_tensors(path / "teacher.safetensors")
+        state = {"step": meta["source"]["step"], "model": meta["model"],
+                 "action_meanings": meta["action_meanings"], "reward_values": meta["reward_values"],
+                 "config": {"data": meta["source"]["data"]}}  # fmt: skip
+        return state, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    latest = ckpt.latest_checkpoint(path)
+    return ckpt.load_json(latest / "state.json"), ckpt.load_tensors(latest / "ema.safetensors")
 
 
 def distill(cfg: DistillConfig) -> Path:

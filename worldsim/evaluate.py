@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from worldsim.bundle import WorldBundle, load_world
-from worldsim.data.segments import SegmentSampler
+from worldsim.data.segments import Segment, SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
@@ -98,7 +98,7 @@ def reward_accuracy(
     bundle: WorldBundle, data: SegmentSampler, n: int, seed: int
 ) -> dict[str, float]:
     """Reward class and end prediction on real transitions (next frame real)."""
-    b = data.sample(n, np.random.default_rng(seed))
+    b = _to(data.sample(n, np.random.default_rng(seed)), bundle.model.reward_values.device)
     K = bundle.context
     frames = to_unit(b.obs)
     logits, end_logit = bundle.model.reward(frames[:, :K], b.act[:, K - 1], frames[:, K])
@@ -186,7 +186,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                          f"the world has {bundle.frame_size} and {bundle.action_meanings}")  # fmt: skip
     K, H = bundle.context, cfg.horizon
     test = SegmentSampler(ds, "test", K, horizon=H)
-    b = test.sample(cfg.starts, np.random.default_rng(cfg.seed))
+    b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), cfg.device)
     report = {"world": str(bundle.path), "data": str(ds.root), "starts": cfg.starts, "horizon": H,
               "samplers": {"copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}}}  # fmt: skip
     videos = {}
@@ -264,7 +264,11 @@ def _video(real: torch.Tensor, videos: dict[str, torch.Tensor], path: Path, rows
     grid = torch.cat(
         [torch.cat([p[i] for p in panels], dim=-1) for i in range(n)], dim=-2
     )  # (T, 3, n*H, P*W)
-    write_mp4(path, grid.permute(0, 2, 3, 1).contiguous().numpy(), fps=10, scale=3, overwrite=True)
+    write_mp4(path, grid.permute(0, 2, 3, 1).cpu().numpy(), fps=10, scale=3, overwrite=True)
+
+
+def _to(batch: Segment, device) -> Segment:
+    return Segment(*(x.to(device) for x in batch))
 
 
 def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:

@@ -9,6 +9,7 @@ of it playing the real game and report.json to `out`.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +42,18 @@ class RLConfig:
     """Seeds PPO, the worlds and the real games."""
     device: str = "cpu"
     """cpu or cuda (for the worlds and the agent)."""
+    minutes: float = 0.0
+    """Wall-clock budget for training in the world (0 = none); the real-game baseline then
+    trains for as many steps as the dream agent got."""
 
     def __post_init__(self):
         if min(self.steps, self.num_envs, self.eval_episodes, self.max_episode_steps) < 1:
             raise ValueError("steps, num_envs, eval_episodes and max_episode_steps must be >= 1")
+
+
+# RL Zoo's Atari settings for PPO (128-step rollouts, 4 epochs, clip 0.1, entropy bonus)
+PPO_ARGS = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, clip_range=0.1,
+                ent_coef=0.01, vf_coef=0.5, verbose=0)  # fmt: skip
 
 
 def _policy_for(shape) -> str:
@@ -87,22 +96,23 @@ def train_rl(cfg: RLConfig) -> dict:
     from worldsim.sb3 import WorldVecEnv
     from worldsim.video import write_mp4
 
-    out = Path(cfg.out)
+    out, t0 = Path(cfg.out), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
                        max_episode_steps=cfg.max_episode_steps, device=cfg.device)  # fmt: skip
     bundle = venv.venv.bundle
     venv.seed(cfg.seed)
     policy = _policy_for(bundle.frame_size)
-    agent = PPO(
-        policy, venv, seed=cfg.seed, device=cfg.device, verbose=0, n_steps=128, batch_size=256
-    )
-    agent.learn(total_timesteps=cfg.steps, progress_bar=_has_rich())
+    agent = PPO(policy, venv, seed=cfg.seed, device=cfg.device, **PPO_ARGS)
+    agent.learn(total_timesteps=cfg.steps, progress_bar=_has_rich(),
+                callback=_TimeBudget(cfg.minutes))  # fmt: skip
     agent.save(out / "agent_dream")
+    steps = int(agent.num_timesteps)
     frames: list = []
     report = {
         "world": str(bundle.path),
-        "steps": cfg.steps,
+        "steps": steps,
+        "minutes_in_world": (time.monotonic() - t0) / 60,
         "episodes": cfg.eval_episodes,
         "policy": policy,
     }
@@ -117,20 +127,33 @@ def train_rl(cfg: RLConfig) -> dict:
             policy,
             DummyVecEnv([lambda: real_env(bundle)] * 8),
             seed=cfg.seed,
-            verbose=0,
-            n_steps=128,
-            batch_size=256,
+            device=cfg.device,
+            **PPO_ARGS,
         )
-        real.learn(total_timesteps=cfg.steps, progress_bar=_has_rich())
+        real.learn(total_timesteps=steps, progress_bar=_has_rich())
         real.save(out / "agent_real")
         report["real_agent"] = score(
             lambda o: int(real.predict(o, deterministic=False)[0]), bundle, cfg
         )
+    (out / "report.json").write_text(json.dumps(report, indent=1))
     write_mp4(
         out / "dream_agent_in_real_game.mp4", np.stack(frames), fps=15, scale=4, overwrite=True
     )
-    (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _TimeBudget(minutes: float):
+    """An SB3 callback that ends learning once `minutes` of wall-clock time are spent."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class TimeBudget(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.t0 = time.monotonic()
+
+        def _on_step(self) -> bool:
+            return minutes <= 0 or time.monotonic() - self.t0 < 60 * minutes
+
+    return TimeBudget()
 
 
 def _has_rich() -> bool:
