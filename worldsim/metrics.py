@@ -7,11 +7,14 @@ import torch
 
 def psnr(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample PSNR in dB of uint8-range frames (B, 3, H, W); `mask` (B, H, W) restricts
-    it to some pixels (samples with an empty mask give NaN).
+    it to some pixels (samples with an empty mask give NaN). Capped at 60 dB, so a frame
+    that matches exactly does not dominate a mean over samples.
 
     >>> a = torch.zeros(1, 3, 2, 2); b = a.clone(); b[0, :, 0, 0] = 255
     >>> round(psnr(a, b).item(), 2)  # MSE = 255^2 / 4
     6.02
+    >>> psnr(a, a).item()
+    60.0
     """
     err = (pred.float() - real.float()).pow(2).mean(dim=1)  # (B, H, W)
     if mask is None:
@@ -19,7 +22,7 @@ def psnr(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = Non
     else:
         m = mask.float()
         mse = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(255.0**2 / 1e6))
 
 
 def moving_mask(last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
