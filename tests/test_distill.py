@@ -87,3 +87,38 @@ def test_distill_command_trains_checkpoints_and_resumes(small_run, tmp_path):
     assert resumed.step == 4
     resumed.fit()
     assert resumed.step == 6
+
+
+def test_distilling_further_from_a_world_folder(small_run, tmp_path):
+    """teacher= and init= take a world folder; bundle run=<world> swaps in the new student."""
+    from worldsim.bundle import BundleConfig, bundle, load_world
+
+    student = tmp_path / "student"
+    args = [f"teacher={small_run}", f"out={student}", "batch_size=4", "steps=2"]
+    Distiller(load_config("distill", DistillConfig, args)).fit()
+    world = bundle(BundleConfig(run=str(small_run), student=str(student), out=str(tmp_path / "w")))
+    more = tmp_path / "more"
+    d = Distiller(load_config("distill", DistillConfig, [f"teacher={world}", f"init={world}",
+                                                         f"out={more}", "batch_size=4", "steps=2", "ema=0"]))  # fmt: skip
+    first = load_world(world)
+    for a, b in zip(
+        d.model.state_dict().values(), first.student.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)  # starts from the world's (fp16) student, not the teacher
+    d.fit()
+    w2 = bundle(BundleConfig(run=str(world), student=str(more), out=str(tmp_path / "w2")))
+    second = load_world(w2)
+    assert second.meta["student"]["run"] == str(more)
+    assert torch.equal(second.start_frames, first.start_frames)
+    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(),
+                                                 first.model.state_dict().values(), strict=True))  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(second.student.state_dict().values(),
+                                                     first.student.state_dict().values(), strict=True))  # fmt: skip
+
+
+def test_schedule_follows_the_time_budget(small_run, tmp_path):
+    d = Distiller(load_config("distill", DistillConfig, [f"teacher={small_run}", f"out={tmp_path / 's'}",
+                                                         "steps=1000", "minutes=10", "n_start=10", "n_end=40"]))  # fmt: skip
+    assert d.cfg.levels_at(d.schedule_step()) == 10
+    d.elapsed = 9.5 * 60  # 95% of the time budget spent at step 0
+    assert d.schedule_step() == 950 and d.cfg.levels_at(d.schedule_step()) == 40

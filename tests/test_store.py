@@ -90,6 +90,19 @@ def test_segments_pad_episode_starts_and_use_train_only(bricks_data):
     assert batch.obs.shape == (8, 6, 3, 64, 64) and batch.act.shape == (8, 5)
 
 
+def test_a_batch_is_the_segments_of_its_indices(bricks_data):
+    """The batched gather gives exactly what segment() gives one index at a time."""
+    s = SegmentSampler(bricks_data, "train", context=4, horizon=3)
+    batch = s.sample(64, np.random.default_rng(1))
+    for k, j in enumerate(np.random.default_rng(1).integers(0, len(s), 64)):
+        frames, act, rew, end, mask = s.segment(int(j))
+        assert np.array_equal(batch.obs[k].permute(0, 2, 3, 1).numpy(), frames)
+        assert np.array_equal(batch.act[k].numpy(), act)
+        assert np.array_equal(batch.rew[k].numpy(), rew.astype(np.float32))
+        assert np.array_equal(batch.end[k].numpy(), end)
+        assert np.array_equal(batch.mask[k].numpy(), mask)
+
+
 def test_sigkill_mid_collection_leaves_a_readable_dataset(tmp_path):
     out = tmp_path / "d"
     cmd = [

@@ -105,7 +105,7 @@ def train_rl(cfg: RLConfig) -> dict:
     policy = _policy_for(bundle.frame_size)
     agent = PPO(policy, venv, seed=cfg.seed, device=cfg.device, **PPO_ARGS)
     agent.learn(total_timesteps=cfg.steps, progress_bar=_has_rich(),
-                callback=_TimeBudget(cfg.minutes))  # fmt: skip
+                callback=_time_budget(cfg.minutes))  # fmt: skip
     agent.save(out / "agent_dream")
     steps = int(agent.num_timesteps)
     frames: list = []
@@ -142,7 +142,7 @@ def train_rl(cfg: RLConfig) -> dict:
     return report
 
 
-def _TimeBudget(minutes: float):
+def _time_budget(minutes: float):
     """An SB3 callback that ends learning once `minutes` of wall-clock time are spent."""
     from stable_baselines3.common.callbacks import BaseCallback
 
