@@ -57,7 +57,8 @@ class RunConfig:
     steps: int = 20_000
     """Optimizer steps in total."""
     minutes: float = 0.0
-    """Wall-clock budget; training stops (with a checkpoint) when it is spent. 0 = none."""
+    """Wall-clock budget in minutes over the whole run, resumes included; training stops (with
+    a checkpoint) when it is spent. 0 = none."""
     ema: float = 0.999
     """Decay of the EMA weights (those are what worlds use)."""
     eval_every: int = 500
