@@ -86,36 +86,41 @@ def bundle(cfg: BundleConfig) -> Path:
             "model": state["model"], "keys_to_action": _keymap(state["env_id"]),
             "env": {**state["config"].get("env", {}), "id": state["env_id"], "frame_size": state["frame_size"][0]},
             "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"]}}  # fmt: skip
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ckpt.save_tensors(
-        tmp / "teacher.safetensors",
-        {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
-    )
-    ckpt.save_tensors(tmp / "starts.safetensors", {"frames": frames, "actions": actions})
-    if cfg.student:
-        meta["student"] = _write_student(Path(cfg.student), meta, tmp / "student.safetensors")
-    ckpt.write_json(tmp / "world.json", meta)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+
+    def files(tmp: Path) -> None:
+        teacher = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+        ckpt.save_tensors(tmp / "teacher.safetensors", teacher)
+        ckpt.save_tensors(tmp / "starts.safetensors", {"frames": frames, "actions": actions})
+
+    return _write_world(out, meta, cfg.student, files)
 
 
 def _rebundle(cfg: BundleConfig, out: Path) -> Path:
     """A world from another world folder: same teacher and starts, the student of `cfg.student`."""
     src = Path(cfg.run)
     meta = ckpt.load_json(src / "world.json")
+    meta.pop("student", None)
+
+    def files(tmp: Path) -> None:
+        for name in ("teacher.safetensors", "starts.safetensors"):
+            shutil.copy2(src / name, tmp / name)
+
+    return _write_world(out, meta, cfg.student, files)
+
+
+def _write_world(out: Path, meta: dict, student: str, write_files) -> Path:
+    """Write a world folder under a temporary name, then put it in place of `out`."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("teacher.safetensors", "starts.safetensors"):
-        shutil.copy2(src / name, tmp / name)
-    meta.pop("student", None)
-    if cfg.student:
-        meta["student"] = _write_student(Path(cfg.student), meta, tmp / "student.safetensors")
-    ckpt.write_json(tmp / "world.json", meta)
+    try:
+        write_files(tmp)
+        if student:
+            meta["student"] = _write_student(Path(student), meta, tmp / "student.safetensors")
+        ckpt.write_json(tmp / "world.json", meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # leave nothing half-written behind
+        raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

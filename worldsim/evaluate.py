@@ -111,17 +111,20 @@ def reward_accuracy(
             "end_recall": ((end_logit > 0) & end).sum().item() / max(int(end.sum()), 1), "ends_seen": int(end.sum())}  # fmt: skip
 
 
-def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int) -> float:
-    """Frames per second of World.step at a batch size."""
+def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int,
+          min_seconds: float = 1.0) -> float:  # fmt: skip
+    """Frames per second of World.step at a batch size: at least `steps` steps and
+    `min_seconds` of timing, after a warm-up step."""
     world = World(bundle, sampler)
     idx = torch.arange(batch) % len(bundle.start_frames)
     world.reset(bundle.start_frames[idx], bundle.start_actions[idx])
     a = torch.zeros(batch, dtype=torch.int64)
     world.step(a)  # warm-up
-    t = time.perf_counter()
-    for _ in range(steps):
+    n, t = 0, time.perf_counter()
+    while n < steps or time.perf_counter() - t < min_seconds:
         world.step(a)
-    return batch * steps / (time.perf_counter() - t)
+        n += 1
+    return batch * n / (time.perf_counter() - t)
 
 
 @torch.no_grad()
