@@ -49,6 +49,8 @@ class RLConfig:
     def __post_init__(self):
         if min(self.steps, self.num_envs, self.eval_episodes, self.max_episode_steps) < 1:
             raise ValueError("steps, num_envs, eval_episodes and max_episode_steps must be >= 1")
+        if self.minutes < 0:
+            raise ValueError(f"minutes must be >= 0 (0 = no time budget), got {self.minutes}")
 
 
 # RL Zoo's Atari settings for PPO (128-step rollouts, 4 epochs, clip 0.1, entropy bonus)
