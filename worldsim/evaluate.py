@@ -25,6 +25,7 @@ from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.rollout import copy_last, rollout
+from worldsim.runtime import resolve_device
 from worldsim.world import World, next_frame
 
 DEFAULT_SAMPLERS = (SamplerConfig("onestep", 1), SamplerConfig("multistep", 2), SamplerConfig("euler", 1),
@@ -50,7 +51,7 @@ class EvalConfig:
     seed: int = 0
     """Chooses the starting points and the sampling noise."""
     device: str = "cpu"
-    """cpu or cuda."""
+    """cpu, cuda, or auto (cuda when available)."""
     overwrite: bool = False
     """Replace an existing report."""
 
@@ -179,7 +180,8 @@ def _play(env, actions) -> list[np.ndarray]:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Score the world and write report.json, psnr.png and rollouts.mp4."""
-    bundle = load_world(cfg.world, cfg.device)
+    device = resolve_device(cfg.device)
+    bundle = load_world(cfg.world, device)
     out = Path(cfg.out) if cfg.out else bundle.path / "eval"
     if (out / "report.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out}/report.json exists; pass overwrite=true to replace it")
@@ -189,13 +191,13 @@ def evaluate(cfg: EvalConfig) -> dict:
                          f"the world has {bundle.frame_size} and {bundle.action_meanings}")  # fmt: skip
     K, H = bundle.context, cfg.horizon
     test = SegmentSampler(ds, "test", K, horizon=H)
-    b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), cfg.device)
+    b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), device)
     report = {"world": str(bundle.path), "data": str(ds.root), "starts": cfg.starts, "horizon": H,
               "samplers": {"copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}}}  # fmt: skip
     videos = {}
     samplers = [_for_world(s, bundle) for s in cfg.samplers]
     for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
-        world, gen = World(bundle, s), torch.Generator(cfg.device).manual_seed(cfg.seed)
+        world, gen = World(bundle, s), torch.Generator(device).manual_seed(cfg.seed)
         g = rollout(
             lambda ctx, a, w=world, s=s, gen=gen: next_frame(w.denoiser, ctx, a, s, gen),
             b.obs,

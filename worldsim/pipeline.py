@@ -75,12 +75,6 @@ def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     return state["step"] >= steps or bool(spent)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def pipeline(cfg: PipelineConfig) -> Path:
     from worldsim.bundle import BundleConfig, bundle
     from worldsim.data.collect import CollectConfig, collect
@@ -133,7 +127,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
                         starts=p.eval_starts,
                         horizon=p.eval_horizon,
                         seed=cfg.seed,
-                        device=_device(cfg.device),
+                        device=cfg.device,
                     )
                 )
             )

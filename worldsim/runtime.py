@@ -36,3 +36,17 @@ def reexec_with_fast_allocator() -> None:
         return
     env = {**os.environ, "LD_PRELOAD": f"{lib}:{preload}".rstrip(":")}
     os.execve(sys.executable, [sys.executable, "-m", "worldsim.cli", *sys.argv[1:]], env)
+
+
+def resolve_device(name: str, rank: int = 0):
+    """A torch device from cpu, cuda or auto (cuda when available); under torchrun, cuda
+    means this process's GPU (LOCAL_RANK)."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
+        )
+    return torch.device(name)

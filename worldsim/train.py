@@ -26,6 +26,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.games import EnvConfig
 from worldsim.models.world_model import ModelConfig, WorldModel
+from worldsim.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, model_cfg: ModelConfig | None = None):
         self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
         self.rank, self.world_size = _init_distributed()
-        self.device = _device(cfg.device, self.rank)
+        self.device = resolve_device(cfg.device, self.rank)
         self.run = Path(cfg.out)
         self.ds = Dataset.open(cfg.data)
         K = self.model_cfg.denoiser.context
@@ -296,16 +297,6 @@ def _init_distributed() -> tuple[int, int]:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)
-
-
-def _device(name: str, rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device(
-            "cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
-        )
-    return torch.device(name)
 
 
 def _autocast(device: torch.device):

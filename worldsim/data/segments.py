@@ -55,6 +55,9 @@ class SegmentSampler:
         self.offsets = np.cumsum([0] + [e["length"] + 1 for e in self.entries])
         self.starts = np.array([e["length"] - horizon + 1 for e in self.entries], np.int64)
         self.cum = np.cumsum(self.starts)
+        # the small arrays of every episode end to end, for gathering a batch in one go
+        self.flat = [np.concatenate([x[k] for x in self.small]) for k in range(3)]
+        self.flat_offsets = np.cumsum([0] + [len(x[0]) for x in self.small])[:-1]
         self.all_frames = self._frame_cache(split)
 
     def __len__(self) -> int:
@@ -82,36 +85,26 @@ class SegmentSampler:
             )
         return frames
 
-    def _episode_arrays(self, episodes, act_idx, target_idx):
-        """Actions (NOOP before an episode's start), rewards and ends, gathered in one go."""
-        if not hasattr(self, "_flat"):  # every episode's small arrays end to end
-            self._flat = [np.concatenate([x[k] for x in self.small]) for k in range(3)]
-            self._flat_off = np.cumsum([0] + [len(x[0]) for x in self.small])[:-1]
-        off = self._flat_off[episodes][:, None]
-        acts, rews, ends = self._flat
+    def _gather(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Segments with global indices `index` (B,): frames (B, K+h, H, W, 3), actions
+        (B, K+h-1) (NOOP before an episode's start), rewards and ends (B, h), mask (B, K+h)."""
+        i = np.searchsorted(self.cum, index, side="right")  # episode of each segment
+        t = index - np.where(i > 0, self.cum[i - 1], 0)  # its last context frame
+        idx = t[:, None] + np.arange(-self.K + 1, self.h + 1)  # frame indices in the episode
+        frames = self.all_frames[(self.offsets[i][:, None] + np.clip(idx, 0, None)).ravel()]
+        frames = frames.reshape(len(index), self.K + self.h, *frames.shape[1:])
+        off = self.flat_offsets[i][:, None]
+        act_idx, tgt = idx[:, :-1], off + t[:, None] + np.arange(self.h)
+        acts, rews, ends = self.flat
         act = np.where(act_idx >= 0, acts[off + np.clip(act_idx, 0, None)], 0)
-        return act, rews[off + target_idx], ends[off + target_idx]
+        return frames, act, rews[tgt], ends[tgt], idx >= 0
 
     def segment(self, index: int) -> tuple[np.ndarray, ...]:
         """The segment with global index `index` in [0, len(self))."""
-        i = int(np.searchsorted(self.cum, index, side="right"))
-        t = index - (self.cum[i - 1] if i else 0)  # last context frame
-        acts, rews, ends = self.small[i]
-        idx = np.arange(t - self.K + 1, t + self.h + 1)
-        frames = self.all_frames[self.offsets[i] + np.clip(idx, 0, None)]
-        act_idx = idx[:-1]
-        act = np.where(act_idx >= 0, acts[np.clip(act_idx, 0, None)], 0)
-        return (frames, act, rews[t : t + self.h], ends[t : t + self.h], idx >= 0)
+        return tuple(x[0] for x in self._gather(np.array([index])))
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Segment:
-        index = rng.integers(0, len(self), batch_size)
-        i = np.searchsorted(self.cum, index, side="right")  # episode of each segment
-        t = index - np.where(i > 0, self.cum[i - 1], 0)  # its last context frame
-        idx = t[:, None] + np.arange(-self.K + 1, self.h + 1)  # (B, K+h) frame indices
-        obs = self.all_frames[(self.offsets[i][:, None] + np.clip(idx, 0, None)).ravel()]
-        obs = obs.reshape(batch_size, self.K + self.h, *obs.shape[1:])
-        act, rew, end = self._episode_arrays(i, idx[:, :-1], t[:, None] + np.arange(self.h))
-        mask = idx >= 0
+        obs, act, rew, end, mask = self._gather(rng.integers(0, len(self), batch_size))
         return Segment(torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
                        torch.from_numpy(act), torch.from_numpy(rew.astype(np.float32)),
                        torch.from_numpy(end), torch.from_numpy(mask))  # fmt: skip
