@@ -45,6 +45,10 @@ def resolve_device(name: str, rank: int = 0):
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name} asked for, but torch sees no CUDA GPU here")
     if name == "cuda":
         return torch.device(
             "cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
