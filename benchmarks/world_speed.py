@@ -1,6 +1,6 @@
 """Benchmark: how fast a world runs on this machine, batched and live.
 
-    python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep]
+    python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep] [--precision fp32 bf16]
 
 Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128; a 10,000-step single-env
 rollout (finite, in range, memory before/after); and headless play's achieved FPS over
@@ -23,8 +23,10 @@ from worldsim.play.app import PlayConfig, PlaySession
 from worldsim.vector_env import WorldModelVectorEnv
 
 
-def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str = "cpu") -> float:
-    venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9, device=device)
+def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str = "cpu",
+               precision: str = "fp32") -> float:  # fmt: skip
+    venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9, device=device,
+                               precision=precision)  # fmt: skip
     venv.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(3):  # warm-up
@@ -80,17 +82,25 @@ def main() -> None:
     p.add_argument("--rollout", type=int, default=10_000)
     p.add_argument("--device", default="cpu", help="where the vector env runs (cpu, cuda)")
     p.add_argument("--vector-only", action="store_true", help="only the N = 1..128 table")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        help="vector env precision(s): one frames/s column each",
+    )
     args = p.parse_args()
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     print(
         f"device: {args.device} (GPU: {gpu}); machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    print("| N | frames/s |\n|---|---|")
+    precisions = [args.precision] if isinstance(args.precision, str) else args.precision
+    print("| N | " + " | ".join(f"frames/s {p}" for p in precisions) + " |")
+    print("|---|" + "---|" * len(precisions))
     for n in (1, 8, 32, 128):
-        print(
-            f"| {n} | {vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device):.1f} |",
-            flush=True,
-        )
+        fps = [vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p)
+               for p in precisions]  # fmt: skip
+        print(f"| {n} | " + " | ".join(f"{f:.1f}" for f in fps) + " |", flush=True)
     if args.vector_only:
         return
     r = long_rollout(args.world, args.sampler, args.rollout)

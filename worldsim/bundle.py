@@ -214,8 +214,9 @@ def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBu
         ckpt.load_weights(
             student, ckpt.load_tensors(path / "student.safetensors"), path / "student.safetensors"
         )
-        student = student.to(device).eval()
+        student = student.to(device, memory_format=torch.channels_last).eval()
     keys = {tuple(k): a for k, a in meta.get("keys_to_action", [])}
-    return WorldBundle(
-        path, meta, model.to(device).eval(), student, starts["frames"], starts["actions"], keys
-    )
+    # channels_last: oneDNN's convolutions run 1.3-1.4x faster on the CPU (same outputs to
+    # ~1e-4); it is cuDNN's preferred layout too
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return WorldBundle(path, meta, model, student, starts["frames"], starts["actions"], keys)

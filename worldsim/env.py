@@ -86,7 +86,8 @@ class WorldModelEnv(gym.Env):
     `world`: a shipped world's name or a world folder. `sampler`/`steps`: how frames are
     drawn (`onestep`, `multistep`, `euler`, `heun`; default one-step when the world has a
     student). `max_episode_steps` (1000). `render_mode`: `rgb_array` or `human`.
-    `device`: `cpu` or `cuda`. `frame_size`/`num_actions`: if given, the world must match.
+    `device`: `cpu` or `cuda`. `precision`: `fp32` (default) or `bf16` (the denoiser under
+    bfloat16 autocast: faster batches on CPUs with AMX and on GPUs). `frame_size`/`num_actions`: if given, the world must match.
     `reset(options={"frames": (K, H, W, 3) uint8, "actions": (K,)})` starts the dream from
     any real moment (`actions[i]` produced `frames[i]`); otherwise from one of the world's
     recorded starts.
@@ -96,7 +97,7 @@ class WorldModelEnv(gym.Env):
 
     def __init__(self, world: str = "bricks", sampler: str | None = None, steps: int | None = None,
                  max_episode_steps: int = 1000, render_mode: str | None = None, device: str = "cpu",
-                 frame_size: int | None = None, num_actions: int | None = None):  # fmt: skip
+                 frame_size: int | None = None, num_actions: int | None = None, precision: str = "fp32"):  # fmt: skip
         if render_mode not in (None, "rgb_array", "human"):
             raise ValueError(
                 f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}"
@@ -104,7 +105,7 @@ class WorldModelEnv(gym.Env):
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.bundle = load_checked(world, frame_size, num_actions, device)
-        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps))
+        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps), precision)
         self.render_mode, self.max_episode_steps = render_mode, max_episode_steps
         h, w = self.bundle.frame_size
         self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)

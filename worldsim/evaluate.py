@@ -25,8 +25,8 @@ from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.rollout import copy_last, rollout
-from worldsim.runtime import resolve_device
-from worldsim.world import World, next_frame
+from worldsim.runtime import check_precision, resolve_device
+from worldsim.world import World
 
 DEFAULT_SAMPLERS = (SamplerConfig("onestep", 1), SamplerConfig("multistep", 2), SamplerConfig("euler", 1),
                     SamplerConfig("euler", 3), SamplerConfig("euler", 10))  # fmt: skip
@@ -54,8 +54,11 @@ class EvalConfig:
     """cpu, cuda, or auto (cuda when available)."""
     overwrite: bool = False
     """Replace an existing report."""
+    precision: str = "fp32"
+    """fp32, or bf16 to score the world as it runs under bfloat16 autocast."""
 
     def __post_init__(self):
+        check_precision(self.precision)
         if self.starts < 1 or self.horizon < 1:
             raise ValueError(f"starts and horizon must be >= 1, got {self.starts}, {self.horizon}")
 
@@ -79,13 +82,13 @@ def scores(gen: torch.Tensor, obs: torch.Tensor, K: int) -> dict[str, list[float
     return out
 
 
-def teacher_forced(denoiser, sampler, obs, act, K, gen) -> dict[str, float]:
+def teacher_forced(world: World, obs, act, K, gen) -> dict[str, float]:
     """One-step predictions from real context at every position of the segments."""
     H = obs.shape[1] - K
     ctx = torch.stack([obs[:, t : t + K] for t in range(H)], 1).flatten(0, 1)
     a = torch.stack([act[:, t : t + K] for t in range(H)], 1).flatten(0, 1)
     real = obs[:, K:].flatten(0, 1)
-    preds = torch.cat([next_frame(denoiser, to_unit(ctx[i : i + 256]), a[i : i + 256], sampler, gen)
+    preds = torch.cat([world.draw(to_unit(ctx[i : i + 256]), a[i : i + 256], gen)
                        for i in range(0, len(ctx), 256)])  # fmt: skip
     g, last = to_uint8(preds), ctx[:, -1]
     return {
@@ -113,10 +116,10 @@ def reward_accuracy(
 
 
 def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int,
-          min_seconds: float = 1.0) -> float:  # fmt: skip
+          precision: str = "fp32", min_seconds: float = 1.0) -> float:  # fmt: skip
     """Frames per second of World.step at a batch size: at least `steps` steps and
     `min_seconds` of timing, after a warm-up step."""
-    world = World(bundle, sampler)
+    world = World(bundle, sampler, precision)
     idx = torch.arange(batch) % len(bundle.start_frames)
     world.reset(bundle.start_frames[idx], bundle.start_actions[idx])
     a = torch.zeros(batch, dtype=torch.int64)
@@ -130,7 +133,12 @@ def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int,
 
 @torch.no_grad()
 def action_following(
-    bundle: WorldBundle, sampler: SamplerConfig, n: int, seed: int, steps: int = 8
+    bundle: WorldBundle,
+    sampler: SamplerConfig,
+    n: int,
+    seed: int,
+    steps: int = 8,
+    precision: str = "fp32",
 ) -> dict | None:
     """Branch real play into two action sequences that differ at every step, in the real game
     and in the world from the same context and noise: the pixels that differ between the
@@ -148,7 +156,7 @@ def action_following(
     ):
         return None
     K, A, rng = bundle.context, len(bundle.action_meanings), np.random.default_rng(seed)
-    world, ious, recalls = World(bundle, sampler), [], []
+    world, ious, recalls = World(bundle, sampler, precision), [], []
     for i in range(n):
         frames, acts = [env.reset(seed=seed + i)[0]], [0]
         for _ in range(int(rng.integers(K, 60))):
@@ -194,12 +202,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), device)
     report = {"world": str(bundle.path), "data": str(ds.root), "starts": cfg.starts, "horizon": H,
               "samplers": {"copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}}}  # fmt: skip
-    videos = {}
+    videos, P = {}, cfg.precision
+    report["precision"] = P
     samplers = [_for_world(s, bundle) for s in cfg.samplers]
     for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
-        world, gen = World(bundle, s), torch.Generator(device).manual_seed(cfg.seed)
+        world, gen = World(bundle, s, P), torch.Generator(device).manual_seed(cfg.seed)
         g = rollout(
-            lambda ctx, a, w=world, s=s, gen=gen: next_frame(w.denoiser, ctx, a, s, gen),
+            lambda ctx, a, w=world, gen=gen: w.draw(ctx, a, gen),
             b.obs,
             b.act,
             K,
@@ -208,9 +217,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         videos[label(s)] = g
         report["samplers"][label(s)] = {
             "sampler": asdict(s), "autoregressive": scores(g, b.obs, K),
-            "teacher_forced": teacher_forced(world.denoiser, s, b.obs, b.act, K, gen),
-            "fps_batch1": speed(bundle, s, 1, 10), "fps_batch32": speed(bundle, s, 32, 2),
-            "action_following": action_following(bundle, s, n=8, seed=cfg.seed),
+            "teacher_forced": teacher_forced(world, b.obs, b.act, K, gen),
+            "fps_batch1": speed(bundle, s, 1, 10, P), "fps_batch32": speed(bundle, s, 32, 2, P),
+            "action_following": action_following(bundle, s, n=8, seed=cfg.seed, precision=P),
         }  # fmt: skip
     report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)

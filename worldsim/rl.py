@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldsim.runtime import check_precision
+
 
 @dataclass(frozen=True)
 class RLConfig:
@@ -42,6 +44,9 @@ class RLConfig:
     """Seeds PPO, the worlds and the real games."""
     device: str = "cpu"
     """cpu or cuda (for the worlds and the agent)."""
+    precision: str = "fp32"
+    """fp32, or bf16: the worlds under bfloat16 autocast (about 2x the batched frames/s on
+    CPUs with AMX or AVX512-BF16, and on GPUs)."""
     minutes: float = 0.0
     """Wall-clock budget for training in the world (0 = none); the real-game baseline then
     trains for as many steps as the dream agent got."""
@@ -49,6 +54,7 @@ class RLConfig:
     def __post_init__(self):
         if min(self.steps, self.num_envs, self.eval_episodes, self.max_episode_steps) < 1:
             raise ValueError("steps, num_envs, eval_episodes and max_episode_steps must be >= 1")
+        check_precision(self.precision)
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no time budget), got {self.minutes}")
 
@@ -101,7 +107,8 @@ def train_rl(cfg: RLConfig) -> dict:
     out, t0 = Path(cfg.out), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
-                       max_episode_steps=cfg.max_episode_steps, device=cfg.device)  # fmt: skip
+                       max_episode_steps=cfg.max_episode_steps, device=cfg.device,
+                       precision=cfg.precision)  # fmt: skip
     bundle = venv.venv.bundle
     venv.seed(cfg.seed)
     policy = _policy_for(bundle.frame_size)

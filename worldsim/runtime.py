@@ -54,3 +54,14 @@ def resolve_device(name: str, rank: int = 0):
             "cuda", int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
         )
     return torch.device(name)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(name: str) -> str:
+    """fp32 (exact, what the eval reports measure) or bf16 (network calls under bfloat16
+    autocast: about 2x the batched throughput on CPUs with AMX or AVX512-BF16, and on GPUs)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be fp32 or bf16, got {name!r}")
+    return name

@@ -21,7 +21,8 @@ class WorldModelVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 8, world: str = "bricks", sampler: str | None = None,
                  steps: int | None = None, max_episode_steps: int = 1000, device: str = "cpu",
                  autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-                 frame_size: int | None = None, num_actions: int | None = None, render_mode: str | None = None):  # fmt: skip
+                 frame_size: int | None = None, num_actions: int | None = None, render_mode: str | None = None,
+                 precision: str = "fp32"):  # fmt: skip
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
@@ -32,7 +33,7 @@ class WorldModelVectorEnv(VectorEnv):
             )
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
         self.bundle = load_checked(world, frame_size, num_actions, device)
-        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps))
+        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps), precision)
         self.num_envs, self.max_episode_steps, self.render_mode = (
             num_envs,
             max_episode_steps,

@@ -7,6 +7,7 @@ import torch
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
 from worldsim.models.world_model import to_uint8, to_unit
+from worldsim.runtime import check_precision
 
 
 @torch.no_grad()
@@ -38,13 +39,17 @@ def default_sampler(bundle) -> SamplerConfig:
 class World:
     """N dreams stepped together by one batched network call per step.
 
+    `precision="bf16"` runs the denoiser under bfloat16 autocast (the reward model stays
+    fp32): faster batches on CPUs with AMX and on GPUs, frames a little off fp32's.
+
     State: the last K frames (N, K, 3, H, W) in [-1, 1] (quantised to uint8 levels, as the
     user sees them) and the K actions that produced them (N, K).
     """
 
-    def __init__(self, bundle, sampler: SamplerConfig | None = None):
+    def __init__(self, bundle, sampler: SamplerConfig | None = None, precision: str = "fp32"):
         self.bundle = bundle
         self.sampler = sampler or default_sampler(bundle)
+        self.precision = check_precision(precision)
         if self.sampler.name in ("onestep", "multistep") and bundle.student is None:
             raise ValueError(
                 f"sampler {self.sampler.name!r} needs a world with a one-step student; {bundle.path} has none"
@@ -75,12 +80,20 @@ class World:
             self.frames[index], self.actions[index] = ctx, actions
 
     @torch.no_grad()
+    def draw(
+        self, obs: torch.Tensor, act: torch.Tensor, generator: Generators = None
+    ) -> torch.Tensor:
+        """next_frame with this world's denoiser, sampler and precision (fp32 out)."""
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            return next_frame(self.denoiser, obs, act, self.sampler, generator).float()
+
+    @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: Generators = None):
         """Advance every dream by one action (N,) -> frames (N, H, W, 3) uint8, rewards (N,)
         float, ends (N,) bool."""
         actions = actions.to(self.device, torch.int64)
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
-        frame = to_uint8(next_frame(self.denoiser, self.frames, act, self.sampler, generator))
+        frame = to_uint8(self.draw(self.frames, act, generator))
         nxt = to_unit(frame)  # the context holds what the user sees: uint8 levels
         r_logits, e_logit = self.model.reward(self.frames, actions, nxt)
         self.frames = torch.cat([self.frames[:, 1:], nxt[:, None]], dim=1)
