@@ -6,7 +6,7 @@ import math
 import torch
 
 from worldsim.config import load_config
-from worldsim.distill import DistillConfig, Distiller, distillation_loss, pseudo_huber
+from worldsim.distill import DistillConfig, Distiller, distillation_loss, pseudo_huber, solve_loss
 from worldsim.models.precond import consistency_scalings
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, sample
 
@@ -53,6 +53,30 @@ def test_distillation_learns_the_one_step_map_of_a_gaussian():
         student, torch.randn(20000, 1, generator=gen), SamplerConfig("onestep", sigma_max=smax)
     )
     assert abs(samples.std().item() - s * smax / math.sqrt(s**2 + smax**2)) < 0.02
+
+
+def test_solve_target_learns_the_teachers_few_step_solution():
+    # on the Gaussian, the teacher's Euler solver is linear in z: Euler-3 from sigma_max z
+    # gives a * z, with a computed here by running the solver on z = 1 (x0 = D(x, 0) = x)
+    torch.manual_seed(0)
+    s, smin, smax = 0.5, 0.002, 5.0
+    teacher = lambda x, sigma: x * s**2 / (s**2 + sigma[:, None] ** 2)  # noqa: E731
+    solver = SamplerConfig("euler", 3, sigma_min=smin, sigma_max=smax)
+    a = sample(teacher, torch.ones(1, 1), solver).item()
+    student = ScalarStudent(sigma_min=smin)
+    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(800):
+        loss = solve_loss(student, teacher, torch.zeros(256, 1), solver, gen, distance="l2")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z = torch.linspace(-2.5, 2.5, 101)[:, None]
+    with torch.no_grad():
+        one_step = sample(student, z, SamplerConfig("onestep", sigma_min=smin, sigma_max=smax))
+        at_min = student(z, torch.full((101,), smin))
+    assert (one_step - a * z).abs().max() < 0.03, (one_step - a * z).abs().max()
+    assert torch.equal(at_min, z)  # the boundary condition is kept
 
 
 def test_pseudo_huber_is_l2_like_far_and_quadratic_near():
@@ -106,6 +130,10 @@ def test_distilling_further_from_a_world_folder(small_run, tmp_path):
     ):
         assert torch.equal(a, b)  # starts from the world's (fp16) student, not the teacher
     d.fit()
+    solved = Distiller(load_config("distill", DistillConfig, [f"teacher={world}", f"init={world}", "target=solve",
+                                                             f"out={tmp_path / 'solved'}", "batch_size=4", "steps=2"]))  # fmt: skip
+    solved.fit()
+    assert solved.step == 2 and (tmp_path / "solved" / "latest").exists()
     w2 = bundle(BundleConfig(run=str(world), student=str(more), out=str(tmp_path / "w2")))
     second = load_world(w2)
     assert second.meta["student"]["run"] == str(more)

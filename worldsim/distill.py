@@ -21,7 +21,7 @@ import torch
 from worldsim import checkpoint as ckpt
 from worldsim.config import from_dict
 from worldsim.models.denoiser import Denoiser
-from worldsim.models.samplers import SamplerConfig, karras_sigmas
+from worldsim.models.samplers import SamplerConfig, karras_sigmas, onestep, sample
 from worldsim.models.world_model import ModelConfig, WorldModel, to_unit
 from worldsim.train import RunConfig, Trainer
 
@@ -36,6 +36,13 @@ class DistillConfig(RunConfig):
     """Run folder of the trained teacher (its latest EMA weights), or a world folder."""
     init: str = ""
     """World folder whose student starts this one (to distil further); empty = the teacher."""
+    target: Literal["consistency", "solve"] = "consistency"
+    """consistency: the consistency-distillation targets above. solve: regress the one-step
+    output f(sigma_max z) onto the teacher's own `solve_steps`-step Euler solution from the
+    same noise (Luhman & Luhman 2021); a fine-tune (with init=) that aims the one-step
+    sampler at what the teacher's few-step sampler draws."""
+    solve_steps: int = 3
+    """target=solve: Euler steps of the teacher's solution."""
     solver: Literal["euler", "heun"] = "heun"
     """Teacher ODE step that makes the targets."""
     distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
@@ -53,6 +60,8 @@ class DistillConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.solve_steps < 1:
+            raise ValueError(f"solve_steps must be >= 1, got {self.solve_steps}")
         if not 2 <= self.n_start <= self.n_end:
             raise ValueError(f"need 2 <= n_start <= n_end, got {self.n_start}, {self.n_end}")
 
@@ -103,6 +112,18 @@ def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn,
     return (dist / (t - r)).mean()
 
 
+def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfig, generator,
+               distance: str = "pseudo_huber") -> torch.Tensor:  # fmt: skip
+    """d(f(sigma_max z), teacher's ODE solution from sigma_max z) for fresh unit noise z;
+    x0 gives the shape. The boundary condition is untouched (only sigma_max is trained)."""
+    z = torch.randn(x0.shape, generator=generator, device=x0.device)
+    with torch.no_grad():
+        target = sample(teacher, z, sampler).clamp(-1, 1).float()
+    diff = onestep(student, z, sampler).float() - target
+    dist = pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
+    return dist.mean()
+
+
 class Distiller(Trainer):
     """Trains the student with the Trainer's loop, checkpoints and resume."""
 
@@ -135,6 +156,11 @@ class Distiller(Trainer):
         frames = to_unit(batch.obs[:, : K + 1].to(dev))
         ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
         zero = torch.zeros(len(x0), device=dev)
+        if cfg.target == "solve":
+            solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+            loss = solve_loss(lambda x, s: model(x, s, ctx, act, zero),
+                              lambda x, s: self.teacher(x, s, ctx, act, zero), x0, solver, gen, cfg.distance)  # fmt: skip
+            return loss, {"loss": loss.item(), "reward_loss": 0.0}
         target_net = self.model if model is self.ddp else model  # no gradient through the target
         sigmas = karras_sigmas(
             cfg.levels_at(self.schedule_step()), cfg.sigma_min, cfg.sigma_max, cfg.rho

@@ -65,3 +65,27 @@ def check_precision(name: str) -> str:
     if name not in PRECISIONS:
         raise ValueError(f"precision must be fp32 or bf16, got {name!r}")
     return name
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether `device` runs bfloat16 natively: a GPU that supports it, or a CPU with AMX or
+    AVX512-BF16 (elsewhere bf16 is emulated and many times slower than fp32)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(
+        getattr(cpu, f, lambda: False)()
+        for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+
+
+def autocast(device, precision: str):
+    """The autocast context of a training precision: auto (bf16 where it is fast), fp32, bf16."""
+    import torch
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    on = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
