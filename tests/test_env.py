@@ -182,6 +182,22 @@ def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
     assert model.num_timesteps >= 32
 
 
+def test_real_game_scoring_sees_frames_stacked_as_in_training():
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    from worldsim.games import EnvConfig, make_env
+    from worldsim.rl import Stack
+
+    venv = VecFrameStack(DummyVecEnv([lambda: make_env(EnvConfig())]), 4)
+    venv.seed(3)
+    env, stack = make_env(EnvConfig()), Stack(4)
+    ours = stack.reset(env.reset(seed=3)[0])
+    theirs = venv.reset()[0]
+    for a in [1, 2, 2, 3, 0, 1, 3]:
+        assert ours.shape == (64, 64, 12) and np.array_equal(ours, theirs)
+        ours, theirs = stack.push(env.step(a)[0]), venv.step(np.array([a]))[0][0]
+
+
 def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, tmp_path, capsys):
     import json
 

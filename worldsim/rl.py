@@ -28,6 +28,8 @@ class RLConfig:
     """PPO environment steps in the world (and in the real game for the baseline)."""
     num_envs: int = 16
     """Worlds stepped together in one batch."""
+    frame_stack: int = 4
+    """Frames the agent sees at once (SB3's VecFrameStack), so it can tell where things move."""
     max_episode_steps: int = 500
     """Dream episodes are truncated here."""
     sampler: str = ""
@@ -52,8 +54,19 @@ class RLConfig:
     trains for as many steps as the dream agent got."""
 
     def __post_init__(self):
-        if min(self.steps, self.num_envs, self.eval_episodes, self.max_episode_steps) < 1:
-            raise ValueError("steps, num_envs, eval_episodes and max_episode_steps must be >= 1")
+        if (
+            min(
+                self.steps,
+                self.num_envs,
+                self.eval_episodes,
+                self.max_episode_steps,
+                self.frame_stack,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "steps, num_envs, eval_episodes, max_episode_steps and frame_stack must be >= 1"
+            )
         check_precision(self.precision)
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no time budget), got {self.minutes}")
@@ -76,14 +89,32 @@ def real_env(bundle):
     return make_env(from_dict(EnvConfig, bundle.meta["env"]))
 
 
+class Stack:
+    """The last n frames side by side on the channel axis, as SB3's VecFrameStack gives them
+    to the agent (zeros before the first frame of an episode)."""
+
+    def __init__(self, n: int):
+        self.n, self.obs = n, None
+
+    def reset(self, frame: np.ndarray) -> np.ndarray:
+        self.obs = np.zeros((*frame.shape[:-1], frame.shape[-1] * self.n), frame.dtype)
+        return self.push(frame)
+
+    def push(self, frame: np.ndarray) -> np.ndarray:
+        c = frame.shape[-1]
+        self.obs = np.concatenate([self.obs[..., c:], frame], axis=-1)
+        return self.obs
+
+
 def score(act, bundle, cfg: RLConfig, frames: list | None = None) -> list[float]:
-    """Returns of `act(obs) -> action` over eval_episodes real-game episodes."""
-    env, returns = real_env(bundle), []
+    """Returns of `act(stacked frames) -> action` over eval_episodes real-game episodes."""
+    env, returns, stack = real_env(bundle), [], Stack(cfg.frame_stack)
     for i in range(cfg.eval_episodes):
         obs, _ = env.reset(seed=10_000 + cfg.seed + i)
-        total = 0.0
+        seen, total = stack.reset(obs), 0.0
         for _ in range(cfg.eval_max_steps):
-            obs, r, term, trunc, _ = env.step(act(obs))
+            obs, r, term, trunc, _ = env.step(act(seen))
+            seen = stack.push(obs)
             total += r
             if frames is not None and i == 0:
                 frames.append(obs)
@@ -96,7 +127,7 @@ def score(act, bundle, cfg: RLConfig, frames: list | None = None) -> list[float]
 def train_rl(cfg: RLConfig) -> dict:
     try:
         from stable_baselines3 import PPO
-        from stable_baselines3.common.vec_env import DummyVecEnv
+        from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
     except ImportError:
         raise ImportError(
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
@@ -112,7 +143,8 @@ def train_rl(cfg: RLConfig) -> dict:
     bundle = venv.venv.bundle
     venv.seed(cfg.seed)
     policy = _policy_for(bundle.frame_size)
-    agent = PPO(policy, venv, seed=cfg.seed, device=cfg.device, **PPO_ARGS)
+    agent = PPO(policy, VecFrameStack(venv, cfg.frame_stack), seed=cfg.seed, device=cfg.device,
+                **PPO_ARGS)  # fmt: skip
     agent.learn(total_timesteps=cfg.steps, progress_bar=_has_rich(),
                 callback=_time_budget(cfg.minutes))  # fmt: skip
     agent.save(out / "agent_dream")
@@ -134,7 +166,7 @@ def train_rl(cfg: RLConfig) -> dict:
     if cfg.real_baseline:
         real = PPO(
             policy,
-            DummyVecEnv([lambda: real_env(bundle)] * 8),
+            VecFrameStack(DummyVecEnv([lambda: real_env(bundle)] * 8), cfg.frame_stack),
             seed=cfg.seed,
             device=cfg.device,
             **PPO_ARGS,
