@@ -2,6 +2,7 @@
 closed form, and the distill command trains, checkpoints and resumes like training."""
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -63,19 +64,25 @@ def test_solve_target_learns_the_teachers_few_step_solution():
     teacher = lambda x, sigma: x * s**2 / (s**2 + sigma[:, None] ** 2)  # noqa: E731
     solver = SamplerConfig("euler", 3, sigma_min=smin, sigma_max=smax)
     a = sample(teacher, torch.ones(1, 1), solver).item()
+    # and from a lower level (as the multistep sampler visits): x at level 0.3 -> b * x
+    b = sample(teacher, torch.ones(1, 1), replace(solver, sigma_max=0.3)).item() / 0.3
     student = ScalarStudent(sigma_min=smin)
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(800):
-        loss = solve_loss(student, teacher, torch.zeros(256, 1), solver, gen, distance="l2")
+    for i in range(1200):
+        x0 = s * torch.randn(256, 1, generator=gen)
+        loss = solve_loss(student, teacher, x0, solver, gen, "l2", level=None if i % 2 else 0.3)
         opt.zero_grad()
         loss.backward()
         opt.step()
     z = torch.linspace(-2.5, 2.5, 101)[:, None]
     with torch.no_grad():
         one_step = sample(student, z, SamplerConfig("onestep", sigma_min=smin, sigma_max=smax))
+        x = z * 0.4  # where noised data at level 0.3 lies
+        at_level = student(x, torch.full((101,), 0.3))
         at_min = student(z, torch.full((101,), smin))
     assert (one_step - a * z).abs().max() < 0.03, (one_step - a * z).abs().max()
+    assert (at_level - b * x).abs().max() < 0.03, (at_level - b * x).abs().max()
     assert torch.equal(at_min, z)  # the boundary condition is kept
 
 

@@ -43,6 +43,10 @@ class DistillConfig(RunConfig):
     sampler at what the teacher's few-step sampler draws."""
     solve_steps: int = 3
     """target=solve: Euler steps of the teacher's solution."""
+    solve_multistep: float = 0.5
+    """target=solve: share of batches trained at the noise levels the multistep sampler
+    visits (the rest at sigma_max, where the one-step sampler starts), so that both
+    samplers keep to the teacher."""
     solver: Literal["euler", "heun"] = "heun"
     """Teacher ODE step that makes the targets."""
     distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
@@ -60,6 +64,8 @@ class DistillConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.solve_multistep <= 1:
+            raise ValueError(f"solve_multistep must be in [0, 1], got {self.solve_multistep}")
         if self.solve_steps < 1:
             raise ValueError(f"solve_steps must be >= 1, got {self.solve_steps}")
         if not 2 <= self.n_start <= self.n_end:
@@ -113,15 +119,31 @@ def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn,
 
 
 def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfig, generator,
-               distance: str = "pseudo_huber") -> torch.Tensor:  # fmt: skip
-    """d(f(sigma_max z), teacher's ODE solution from sigma_max z) for fresh unit noise z;
-    x0 gives the shape. The boundary condition is untouched (only sigma_max is trained)."""
+               distance: str = "pseudo_huber", level: float | None = None) -> torch.Tensor:  # fmt: skip
+    """d(f(x, s), the teacher's ODE solution from (x, s)) with the teacher's solver `sampler`.
+    By default s = sigma_max and x = sigma_max z for fresh unit noise z, as the one-step
+    sampler starts; with `level`, s = level and x = x0 + level z, the data noised to a level
+    the multistep sampler visits. The boundary condition at sigma_min is untouched."""
     z = torch.randn(x0.shape, generator=generator, device=x0.device)
+    if level is not None and level < sampler.sigma_max:
+        sampler = replace(sampler, sigma_max=level)
+        z = x0 / level + z  # the sampler starts from z * level = x0 + level * noise
     with torch.no_grad():
         target = sample(teacher, z, sampler).clamp(-1, 1).float()
     diff = onestep(student, z, sampler).float() - target
     dist = pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
     return dist.mean()
+
+
+def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
+    """The noise levels below sigma_max that the 2-4 step consistency samplers visit.
+
+    >>> [round(s, 3) for s in multistep_levels(DistillConfig(), steps=(2,))]
+    [0.283]
+    """
+    levels = {round(float(s), 6) for k in steps
+              for s in karras_sigmas(k + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[1:-1]}  # fmt: skip
+    return sorted(levels, reverse=True)
 
 
 class Distiller(Trainer):
@@ -158,8 +180,12 @@ class Distiller(Trainer):
         zero = torch.zeros(len(x0), device=dev)
         if cfg.target == "solve":
             solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+            level = None
+            if torch.rand((), generator=gen, device=dev).item() < cfg.solve_multistep:
+                levels = multistep_levels(cfg)
+                level = levels[int(torch.randint(len(levels), (), generator=gen, device=dev))]
             loss = solve_loss(lambda x, s: model(x, s, ctx, act, zero),
-                              lambda x, s: self.teacher(x, s, ctx, act, zero), x0, solver, gen, cfg.distance)  # fmt: skip
+                              lambda x, s: self.teacher(x, s, ctx, act, zero), x0, solver, gen, cfg.distance, level)  # fmt: skip
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
         target_net = self.model if model is self.ddp else model  # no gradient through the target
         sigmas = karras_sigmas(
