@@ -6,6 +6,11 @@ parameterisation (c_skip(sigma_min) = 1, c_out(sigma_min) = 0); targets come fro
 teacher ODE step between neighbouring noise levels; the target network is the student
 itself without gradient; the pseudo-Huber distance; and the gap between the two levels
 shrinks over training as the discretisation doubles.
+
+`target=solve` fine-tunes a student against the teacher's own few-step Euler solution from
+the same noisy input instead (Luhman & Luhman 2021), at sigma_max and at the levels the
+multistep sampler visits: a closer target when a one-step student lags the teacher's
+few-step sampler.
 """
 
 from __future__ import annotations
