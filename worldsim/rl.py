@@ -54,19 +54,9 @@ class RLConfig:
     trains for as many steps as the dream agent got."""
 
     def __post_init__(self):
-        if (
-            min(
-                self.steps,
-                self.num_envs,
-                self.eval_episodes,
-                self.max_episode_steps,
-                self.frame_stack,
-            )
-            < 1
-        ):
-            raise ValueError(
-                "steps, num_envs, eval_episodes, max_episode_steps and frame_stack must be >= 1"
-            )
+        for key in ("steps", "num_envs", "eval_episodes", "max_episode_steps", "frame_stack"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         check_precision(self.precision)
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no time budget), got {self.minutes}")
