@@ -27,12 +27,17 @@ class ScalarStudent(torch.nn.Module):
         return s.c_skip[:, None] * x + s.c_out[:, None] * self.F(h)
 
 
+def gaussian_denoiser(s: float):
+    """The ideal denoiser of data ~ N(0, s^2): D(x, sigma) = x s^2 / (s^2 + sigma^2)."""
+    return lambda x, sigma: x * s**2 / (s**2 + sigma[:, None] ** 2)
+
+
 def test_distillation_learns_the_one_step_map_of_a_gaussian():
     # data ~ N(0, s^2) has the ideal denoiser D(x, sigma) = x s^2 / (s^2 + sigma^2), and its
     # probability-flow ODE maps x at level sigma to x sqrt(s^2 + smin^2) / sqrt(s^2 + sigma^2)
     torch.manual_seed(0)
     s, smin, smax = 0.5, 0.002, 5.0
-    teacher = lambda x, sigma: x * s**2 / (s**2 + sigma[:, None] ** 2)  # noqa: E731
+    teacher = gaussian_denoiser(s)
     student = ScalarStudent(sigma_min=smin)
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
@@ -61,7 +66,7 @@ def test_solve_target_learns_the_teachers_few_step_solution():
     # gives a * z, with a computed here by running the solver on z = 1 (x0 = D(x, 0) = x)
     torch.manual_seed(0)
     s, smin, smax = 0.5, 0.002, 5.0
-    teacher = lambda x, sigma: x * s**2 / (s**2 + sigma[:, None] ** 2)  # noqa: E731
+    teacher = gaussian_denoiser(s)
     solver = SamplerConfig("euler", 3, sigma_min=smin, sigma_max=smax)
     a = sample(teacher, torch.ones(1, 1), solver).item()
     # and from a lower level (as the multistep sampler visits): x at level 0.3 -> b * x

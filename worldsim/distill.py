@@ -93,6 +93,11 @@ def pseudo_huber(diff: torch.Tensor) -> torch.Tensor:
     return (diff.flatten(1).pow(2).sum(1) + c**2).sqrt() - c
 
 
+def distance_of(diff: torch.Tensor, distance: str) -> torch.Tensor:
+    """Per-sample pseudo-Huber or mean squared distance."""
+    return pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
+
+
 def teacher_step(teacher: DenoiseFn, x_t, t, r, solver: str) -> torch.Tensor:
     """One probability-flow ODE step from level t to r < t (Karras et al. 2022, Algorithm 1)."""
     tb, rb = t.view(-1, *[1] * (x_t.ndim - 1)), r.view(-1, *[1] * (x_t.ndim - 1))
@@ -119,8 +124,7 @@ def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn,
         x_r = teacher_step(teacher, x_t, t, r, solver)
         f_r = target(x_r, r)
     diff = student(x_t, t) - f_r
-    dist = pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
-    return (dist / (t - r)).mean()
+    return (distance_of(diff, distance) / (t - r)).mean()
 
 
 def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfig, generator,
@@ -136,8 +140,7 @@ def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfi
     with torch.no_grad():
         target = sample(teacher, z, sampler).clamp(-1, 1).float()
     diff = onestep(student, z, sampler).float() - target
-    dist = pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
-    return dist.mean()
+    return distance_of(diff, distance).mean()
 
 
 def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
@@ -162,6 +165,7 @@ class Distiller(Trainer):
         self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"],
                                 "init": cfg.init or None}  # fmt: skip
         self.meta["reward_values"] = self.teacher_state["reward_values"]
+        self.levels = multistep_levels(self.cfg)  # where target=solve trains the multistep sampler
 
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         st = self.teacher_state
@@ -187,8 +191,8 @@ class Distiller(Trainer):
             solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
             level = None
             if torch.rand((), generator=gen, device=dev).item() < cfg.solve_multistep:
-                levels = multistep_levels(cfg)
-                level = levels[int(torch.randint(len(levels), (), generator=gen, device=dev))]
+                i = int(torch.randint(len(self.levels), (), generator=gen, device=dev))
+                level = self.levels[i]
             loss = solve_loss(lambda x, s: model(x, s, ctx, act, zero),
                               lambda x, s: self.teacher(x, s, ctx, act, zero), x0, solver, gen, cfg.distance, level)  # fmt: skip
             return loss, {"loss": loss.item(), "reward_loss": 0.0}

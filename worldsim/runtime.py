@@ -57,13 +57,17 @@ def resolve_device(name: str, rank: int = 0):
 
 
 PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISIONS = ("auto", *PRECISIONS)
 
 
-def check_precision(name: str) -> str:
-    """fp32 (exact, what the eval reports measure) or bf16 (network calls under bfloat16
-    autocast: about 2x the batched throughput on CPUs with AMX or AVX512-BF16, and on GPUs)."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be fp32 or bf16, got {name!r}")
+def check_precision(name: str, allowed: tuple[str, ...] = PRECISIONS) -> str:
+    """fp32 (exact, what the eval reports measure), bf16 (network calls under bfloat16
+    autocast: about 2x the batched throughput on CPUs with AMX or AVX512-BF16, and on GPUs),
+    or, for training, auto (bf16 where it is fast)."""
+    if name not in allowed:
+        raise ValueError(
+            f"precision must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {name!r}"
+        )
     return name
 
 
@@ -85,7 +89,6 @@ def autocast(device, precision: str):
     """The autocast context of a training precision: auto (bf16 where it is fast), fp32, bf16."""
     import torch
 
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    check_precision(precision, TRAIN_PRECISIONS)
     on = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)

@@ -25,7 +25,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.games import EnvConfig
 from worldsim.models.world_model import ModelConfig, WorldModel
-from worldsim.runtime import autocast, resolve_device
+from worldsim.runtime import TRAIN_PRECISIONS, autocast, check_precision, resolve_device
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ class RunConfig:
     there; fp32 elsewhere), fp32 or bf16."""
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision, TRAIN_PRECISIONS)
         for key in ("batch_size", "steps", "eval_every", "sample_every", "ckpt_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
