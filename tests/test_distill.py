@@ -4,12 +4,21 @@ closed form, and the distill command trains, checkpoints and resumes like traini
 import math
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from worldsim.config import load_config
-from worldsim.distill import DistillConfig, Distiller, distillation_loss, pseudo_huber, solve_loss
+from worldsim.distill import (
+    DistillConfig,
+    Distiller,
+    distillation_loss,
+    pseudo_huber,
+    rollout_loss,
+    solve_loss,
+)
 from worldsim.models.precond import consistency_scalings
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, sample
+from worldsim.models.world_model import to_uint8, to_unit
 
 
 class ScalarStudent(torch.nn.Module):
@@ -91,6 +100,35 @@ def test_solve_target_learns_the_teachers_few_step_solution():
     assert torch.equal(at_min, z)  # the boundary condition is kept
 
 
+def test_rollout_target_scores_the_frame_drawn_from_the_students_own_frames():
+    # a student that ignores the noise and draws "last frame + 0.1 x the action": from an
+    # all-zero real episode it drifts, and the loss is its drift from the real (zero) frame
+    K, u = 2, 3
+    frames = torch.zeros(2, K + u + 1, 3, 4, 4)
+    act = torch.tensor([[0, 1, 2, 1, 3], [1, 1, 1, 1, 1]])  # act[:, i]: the action at frame i
+
+    def student(x, sigma, ctx, a):
+        return ctx[:, -1] + 0.1 * a[:, -1].float().view(-1, 1, 1, 1)
+
+    sampler, gen = SamplerConfig("onestep", 1), torch.Generator().manual_seed(0)
+    expected = []
+    for b in range(2):
+        last = torch.tensor(0.0)
+        for t in range(u):  # drawn frames are rounded to uint8 before they are fed back
+            last = to_unit(to_uint8(last + 0.1 * act[b, K + t - 1]))
+        expected.append((last + 0.1 * act[b, K + u - 1]) ** 2)
+    loss = rollout_loss(student, frames, act, K, u, sampler, gen, "l2")
+    assert torch.allclose(loss, torch.stack(expected).mean()), (loss, expected)
+    # no unroll: the student's frame from real context, scored against the real frame
+    loss0 = rollout_loss(student, frames[:, : K + 1], act[:, :K], K, 0, sampler, gen, "l2")
+    assert torch.allclose(loss0, (0.1 * act[:, K - 1].float()).pow(2).mean())
+    # at a multistep level the input is the real frame noised to that level
+    seen = []
+    rollout_loss(lambda x, s, c, a: seen.append((x, s)) or x, frames + 0.5, act, K, 0,
+                 sampler, gen, "l2", level=0.01)  # fmt: skip
+    assert (seen[0][1] == 0.01).all() and (seen[0][0] - 0.5).abs().max() < 0.1
+
+
 def test_pseudo_huber_is_l2_like_far_and_quadratic_near():
     far = pseudo_huber(torch.full((1, 100), 1.0))
     assert torch.isclose(far, torch.tensor([10.0]), rtol=1e-2)
@@ -146,6 +184,12 @@ def test_distilling_further_from_a_world_folder(small_run, tmp_path):
                                                              f"out={tmp_path / 'solved'}", "batch_size=4", "steps=2"]))  # fmt: skip
     solved.fit()
     assert solved.step == 2 and (tmp_path / "solved" / "latest").exists()
+    rolled = Distiller(load_config("distill", DistillConfig, [f"teacher={world}", f"init={world}", "target=rollout",
+                                                             "unroll=2", f"out={tmp_path / 'rolled'}", "batch_size=4", "steps=2"]))  # fmt: skip
+    segment = rolled.train_data.sample(2, np.random.default_rng(0))  # context + unroll + 1 frames
+    assert segment.obs.shape[1] == rolled.model_cfg.denoiser.context + 3
+    rolled.fit()
+    assert rolled.step == 2 and (tmp_path / "rolled" / "latest").exists()
     w2 = bundle(BundleConfig(run=str(world), student=str(more), out=str(tmp_path / "w2")))
     second = load_world(w2)
     assert second.meta["student"]["run"] == str(more)

@@ -11,6 +11,13 @@ shrinks over training as the discretisation doubles.
 the same noisy input instead (Luhman & Luhman 2021), at sigma_max and at the levels the
 multistep sampler visits: a closer target when a one-step student lags the teacher's
 few-step sampler.
+
+`target=rollout` fine-tunes a student on the real game itself: it first draws up to
+`unroll` frames from real context with the real actions, as a world does when played, then
+its next frame from that self-drawn context is regressed onto the real frame. This trains
+the one-step sampler out of the drift that autoregressive rollouts accumulate (exposure
+bias: the teacher and the other targets only ever see real context). It suits games that
+are close to deterministic given the context, where the real next frame is the answer.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from worldsim import checkpoint as ckpt
 from worldsim.config import from_dict
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, onestep, sample
-from worldsim.models.world_model import ModelConfig, WorldModel, to_unit
+from worldsim.models.world_model import ModelConfig, WorldModel, to_uint8, to_unit
 from worldsim.train import RunConfig, Trainer
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,17 +48,21 @@ class DistillConfig(RunConfig):
     """Run folder of the trained teacher (its latest EMA weights), or a world folder."""
     init: str = ""
     """World folder whose student starts this one (to distil further); empty = the teacher."""
-    target: Literal["consistency", "solve"] = "consistency"
+    target: Literal["consistency", "solve", "rollout"] = "consistency"
     """consistency: the consistency-distillation targets above. solve: regress the one-step
     output f(sigma_max z) onto the teacher's own `solve_steps`-step Euler solution from the
     same noise (Luhman & Luhman 2021); a fine-tune (with init=) that aims the one-step
-    sampler at what the teacher's few-step sampler draws."""
+    sampler at what the teacher's few-step sampler draws. rollout: regress the one-step output, from context the student drew
+    itself for up to `unroll` steps, onto the real frame (a fine-tune, with init=)."""
     solve_steps: int = 3
     """target=solve: Euler steps of the teacher's solution."""
+    unroll: int = 8
+    """target=rollout: most frames the student draws before the one it is trained on (each
+    batch draws a count in [0, unroll])."""
     solve_multistep: float = 0.5
-    """target=solve: share of batches trained at the noise levels the multistep sampler
+    """target=solve or rollout: share of batches trained at the noise levels the multistep sampler
     visits (the rest at sigma_max, where the one-step sampler starts), so that both
-    samplers keep to the teacher."""
+    samplers keep to the target."""
     solver: Literal["euler", "heun"] = "heun"
     """Teacher ODE step that makes the targets."""
     distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
@@ -71,6 +82,8 @@ class DistillConfig(RunConfig):
         super().__post_init__()
         if not 0 <= self.solve_multistep <= 1:
             raise ValueError(f"solve_multistep must be in [0, 1], got {self.solve_multistep}")
+        if self.unroll < 0:
+            raise ValueError(f"unroll must be >= 0, got {self.unroll}")
         if self.solve_steps < 1:
             raise ValueError(f"solve_steps must be >= 1, got {self.solve_steps}")
         if not 2 <= self.n_start <= self.n_end:
@@ -143,6 +156,29 @@ def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfi
     return distance_of(diff, distance).mean()
 
 
+def rollout_loss(student: Callable, frames, act, K: int, unroll: int, sampler: SamplerConfig,
+                 generator, distance: str = "pseudo_huber", level: float | None = None) -> torch.Tensor:  # fmt: skip
+    """d(f(x, s | context the student drew), the real frame). `student(x, s, ctx, act)`;
+    frames (B, K+unroll+1, 3, H, W) in [-1, 1]; act (B, K+unroll) with act[:, i] the action
+    taken at frame i. The student draws `unroll` frames one step at a time from the K real
+    ones (no gradient; rounded to uint8 as a world's frames are), then its next frame from
+    that context is compared with the real one. x and s as in `solve_loss`."""
+    ctx, dev = frames[:, :K], frames.device
+    with torch.no_grad():
+        for t in range(unroll):
+            z = torch.randn(frames[:, 0].shape, generator=generator, device=dev)
+            nxt = onestep(lambda x, s, c=ctx, a=act[:, t : t + K]: student(x, s, c, a), z, sampler)
+            ctx = torch.cat([ctx[:, 1:], to_unit(to_uint8(nxt.float()))[:, None]], dim=1)
+    x0 = frames[:, K + unroll]
+    z = torch.randn(x0.shape, generator=generator, device=dev)
+    if level is not None and level < sampler.sigma_max:
+        sampler = replace(sampler, sigma_max=level)
+        z = x0 / level + z
+    a = act[:, unroll : unroll + K]
+    diff = onestep(lambda x, s: student(x, s, ctx, a), z, sampler).float() - x0
+    return distance_of(diff, distance).mean()
+
+
 def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
     """The noise levels below sigma_max that the 2-4 step consistency samplers visit.
 
@@ -165,7 +201,10 @@ class Distiller(Trainer):
         self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"],
                                 "init": cfg.init or None}  # fmt: skip
         self.meta["reward_values"] = self.teacher_state["reward_values"]
-        self.levels = multistep_levels(self.cfg)  # where target=solve trains the multistep sampler
+        self.levels = multistep_levels(self.cfg)  # where solve/rollout train the multistep sampler
+
+    def horizon(self) -> int:
+        return self.cfg.unroll + 1 if self.cfg.target == "rollout" else 1
 
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         st = self.teacher_state
@@ -187,12 +226,20 @@ class Distiller(Trainer):
         frames = to_unit(batch.obs[:, : K + 1].to(dev))
         ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
         zero = torch.zeros(len(x0), device=dev)
-        if cfg.target == "solve":
-            solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-            level = None
+        level = None
+        if cfg.target in ("solve", "rollout"):
             if torch.rand((), generator=gen, device=dev).item() < cfg.solve_multistep:
                 i = int(torch.randint(len(self.levels), (), generator=gen, device=dev))
                 level = self.levels[i]
+        if cfg.target == "rollout":
+            u = int(torch.randint(cfg.unroll + 1, (), generator=gen, device=dev))
+            frames = to_unit(batch.obs[:, : K + u + 1].to(dev))
+            sampler = SamplerConfig("onestep", 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+            loss = rollout_loss(lambda x, s, c, a: model(x, s, c, a, zero), frames,
+                                batch.act[:, : K + u].to(dev), K, u, sampler, gen, cfg.distance, level)  # fmt: skip
+            return loss, {"loss": loss.item(), "reward_loss": 0.0}
+        if cfg.target == "solve":
+            solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
             loss = solve_loss(lambda x, s: model(x, s, ctx, act, zero),
                               lambda x, s: self.teacher(x, s, ctx, act, zero), x0, solver, gen, cfg.distance, level)  # fmt: skip
             return loss, {"loss": loss.item(), "reward_loss": 0.0}

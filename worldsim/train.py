@@ -106,8 +106,9 @@ class Trainer:
         self.run = Path(cfg.out)
         self.ds = Dataset.open(cfg.data)
         K = self.model_cfg.denoiser.context
-        self.train_data = SegmentSampler(self.ds, "train", K)
-        self.test_data = SegmentSampler(self.ds, "test", K) if self.ds.entries("test") else None
+        h = self.horizon()
+        self.train_data = SegmentSampler(self.ds, "train", K, h)
+        self.test_data = SegmentSampler(self.ds, "test", K, h) if self.ds.entries("test") else None
         self._check_frame_size()
         reward_values = _reward_values(self.train_data)
         torch.manual_seed(cfg.seed)
@@ -145,6 +146,10 @@ class Trainer:
             )
         elif self.rank == 0:
             self.run.mkdir(parents=True, exist_ok=True)
+
+    def horizon(self) -> int:
+        """Target frames per training segment."""
+        return 1
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
