@@ -113,3 +113,13 @@ def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
     with torch.no_grad():
         after = sum(loss_at(1000 + i).item() for i in range(8)) / 8
     assert after < 0.6 * before
+
+
+def test_group_norm_keeps_bf16_channels_last_and_matches_fp32():
+    from worldsim.models.unet import GroupNorm
+
+    norm = GroupNorm(16, 96)  # 6 channels per group: the case routed through fp32 on CPU
+    x = torch.randn(2, 96, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    assert (y.float() - torch.nn.functional.group_norm(x, 16)).abs().max() < 0.05

@@ -47,12 +47,25 @@ def _groups(c: int) -> int:
     return next(g for g in (32, 16, 8, 4, 2, 1) if c % g == 0 and c // g >= 4) if c >= 4 else 1
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that sidesteps a slow CPU kernel: PyTorch's bfloat16 channels-last group
+    norm runs 4-8x slower than fp32 when a group's channel count is not a multiple of 4 (96
+    or 192 channels in 16 or 32 groups here, measured with torch 2.13); such inputs are
+    normalised in fp32 instead. Same parameters, same result up to bfloat16 rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and (self.num_channels // self.num_groups) % 4
+                and x.is_contiguous(memory_format=torch.channels_last)):  # fmt: skip
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
 class AdaGroupNorm(nn.Module):
     """GroupNorm whose scale and shift are predicted from the conditioning vector."""
 
     def __init__(self, c: int, cond_dim: int):
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(c), c, affine=False)
+        self.norm = GroupNorm(_groups(c), c, affine=False)
         self.proj = nn.Linear(cond_dim, 2 * c)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -81,7 +94,7 @@ class SelfAttention(nn.Module):
     def __init__(self, c: int, head_dim: int = 32):
         super().__init__()
         self.heads = max(1, c // head_dim)
-        self.norm = nn.GroupNorm(_groups(c), c)
+        self.norm = GroupNorm(_groups(c), c)
         self.qkv = nn.Conv2d(c, 3 * c, 1)
         self.out = nn.Conv2d(c, c, 1)
         nn.init.zeros_(self.out.weight)
@@ -120,7 +133,7 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList(
             [ResBlock(ch[-1], ch[-1], d, True), ResBlock(ch[-1], ch[-1], d, False)]
         )
-        self.out_norm = nn.GroupNorm(_groups(ch[0]), ch[0])
+        self.out_norm = GroupNorm(_groups(ch[0]), ch[0])
         self.out = nn.Conv2d(ch[0], c_out * cfg.stem**2, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
