@@ -24,19 +24,21 @@ from worldsim.vector_env import WorldModelVectorEnv
 
 
 def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str = "cpu",
-               precision: str = "fp32") -> float:  # fmt: skip
+               precision: str = "fp32", min_seconds: float = 5.0) -> float:  # fmt: skip
+    """Frames/s of N batched worlds: at least `steps` steps and `min_seconds` of them."""
     venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9, device=device,
                                precision=precision)  # fmt: skip
     venv.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(3):  # warm-up
         venv.step(rng.integers(0, venv.single_action_space.n, n))
-    t = time.perf_counter()
-    for _ in range(steps):
+    t, done = time.perf_counter(), 0
+    while done < steps or time.perf_counter() - t < min_seconds:
         venv.step(rng.integers(0, venv.single_action_space.n, n))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return n * steps / (time.perf_counter() - t)
+        done += 1
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return n * done / (time.perf_counter() - t)
 
 
 def long_rollout(world: str, sampler: str | None, steps: int) -> dict:

@@ -122,6 +122,16 @@ def test_bf16_precision_is_deterministic_and_close_to_fp32(tiny_world):
     obs, act = w16.frames, torch.cat([w16.actions[:, 1:], w16.actions[:, :1]], 1)
     x16, x32 = (w.draw(obs, act, torch.Generator().manual_seed(0)) for w in (w16, w32))
     assert x16.dtype == x32.dtype == torch.float32 and not torch.equal(x16, x32)
+    # its bfloat16 weight copy draws exactly what autocast makes of the fp32 network, which
+    # the bundle keeps
+    from worldsim.world import next_frame
+
+    with torch.autocast("cpu", torch.bfloat16):
+        auto = next_frame(
+            w16.bundle.student, obs, act, w16.sampler, torch.Generator().manual_seed(0)
+        )
+    assert torch.equal(auto.float(), x16) and w16.denoiser is not w16.bundle.student
+    assert next(w16.bundle.student.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be fp32 or bf16, got 'fp16'"):
         WorldModelEnv(str(tiny_world), precision="fp16")
 

