@@ -22,32 +22,33 @@ from worldsim.rl import real_env
 from worldsim.vector_env import WorldModelVectorEnv
 
 
-def policy(name: str, n_actions: int, rng: np.random.Generator, n: int) -> np.ndarray:
-    if name == "random":
+def policy(hold: int | None, n_actions: int, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n actions: uniform (hold None), or `hold` with a random action 10% of the time."""
+    if hold is None:
         return rng.integers(0, n_actions, n)
-    hold = int(name.split()[-1])
     return np.where(rng.random(n) < 0.1, rng.integers(0, n_actions, n), hold)
 
 
-def dream(world: str, name: str, envs: int, steps: int, precision: str) -> tuple[float, float]:
-    venv = WorldModelVectorEnv(envs, world, max_episode_steps=10**9, precision=precision)
+def dream(venv: WorldModelVectorEnv, hold: int | None, steps: int) -> tuple[float, float]:
+    """Episode ends and reward per 1,000 steps of the world (ended dreams restart at once)."""
+    envs, n = venv.num_envs, int(venv.single_action_space.n)
     venv.reset(seed=0)
     rng, ends, reward = np.random.default_rng(0), 0, 0.0
-    n = int(venv.single_action_space.n)
     for _ in range(steps):
-        _, r, term, _, _ = venv.step(policy(name, n, rng, envs))
+        _, r, term, _, _ = venv.step(policy(hold, n, rng, envs))
         ends, reward = ends + int(term.sum()), reward + float(r.sum())
     return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
 
 
-def real(bundle, name: str, envs: int, steps: int) -> tuple[float, float]:
+def real(bundle, hold: int | None, envs: int, steps: int) -> tuple[float, float]:
+    """The same in the real game."""
     env, ends, reward = real_env(bundle), 0, 0.0
     n = int(env.action_space.n)
     for i in range(envs):
         env.reset(seed=i)
         rng = np.random.default_rng(i)
         for _ in range(steps):
-            _, r, term, trunc, _ = env.step(int(policy(name, n, rng, 1)[0]))
+            _, r, term, trunc, _ = env.step(int(policy(hold, n, rng, 1)[0]))
             reward += float(r)
             if term or trunc:
                 ends += int(term)
@@ -64,16 +65,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400, help="steps per env")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     args = p.parse_args()
-    venv = WorldModelVectorEnv(1, args.world)
+    venv = WorldModelVectorEnv(args.envs, args.world, max_episode_steps=10**9,
+                               autoreset_mode="same_step", precision=args.precision)  # fmt: skip
     bundle, meanings = venv.bundle, venv.get_action_meanings()
     print(f"world {bundle.path}, {args.envs} envs x {args.steps} steps per policy, "
           f"torch {torch.__version__}, {args.precision}\n")  # fmt: skip
     print("| policy | ends / 1k steps, world | real | reward / 1k steps, world | real |")
     print("|---|---|---|---|---|")
-    for name in ["random"] + [f"hold {a}" for a in range(len(meanings))]:
-        d_end, d_rew = dream(args.world, name, args.envs, args.steps, args.precision)
-        r_end, r_rew = real(bundle, name, args.envs, args.steps)
-        label = name if name == "random" else f"hold {meanings[int(name.split()[-1])]}"
+    for hold in [None, *range(len(meanings))]:
+        d_end, d_rew = dream(venv, hold, args.steps)
+        r_end, r_rew = real(bundle, hold, args.envs, args.steps)
+        label = "random" if hold is None else f"hold {meanings[hold]}"
         print(f"| {label} | {d_end:.2f} | {r_end:.2f} | {d_rew:.1f} | {r_rew:.1f} |", flush=True)
 
 

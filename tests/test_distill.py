@@ -101,27 +101,31 @@ def test_solve_target_learns_the_teachers_few_step_solution():
 
 
 def test_rollout_target_scores_the_frame_drawn_from_the_students_own_frames():
-    # a student that ignores the noise and draws "last frame + 0.1 x the action": from an
-    # all-zero real episode it drifts, and the loss is its drift from the real (zero) frame
+    # a student that ignores the noise and draws "last frame + 0.1 x the latest action
+    # + 0.01 x the one before": from an all-zero real episode it drifts, and the loss is its
+    # drift from the real (zero) frame
     K, u = 2, 3
     frames = torch.zeros(2, K + u + 1, 3, 4, 4)
-    act = torch.tensor([[0, 1, 2, 1, 3], [1, 1, 1, 1, 1]])  # act[:, i]: the action at frame i
+    act = torch.tensor([[0, 1, 2, 1, 3], [1, 3, 0, 2, 1]])  # act[:, i]: the action at frame i
+
+    def push(a):  # what the K actions of a window add
+        return 0.1 * a[..., -1].float() + 0.01 * a[..., -2].float()
 
     def student(x, sigma, ctx, a):
-        return ctx[:, -1] + 0.1 * a[:, -1].float().view(-1, 1, 1, 1)
+        return ctx[:, -1] + push(a).view(-1, 1, 1, 1)
 
     sampler, gen = SamplerConfig("onestep", 1), torch.Generator().manual_seed(0)
     expected = []
     for b in range(2):
         last = torch.tensor(0.0)
         for t in range(u):  # drawn frames are rounded to uint8 before they are fed back
-            last = to_unit(to_uint8(last + 0.1 * act[b, K + t - 1]))
-        expected.append((last + 0.1 * act[b, K + u - 1]) ** 2)
+            last = to_unit(to_uint8(last + push(act[b, t : t + K])))
+        expected.append((last + push(act[b, u : u + K])) ** 2)
     loss = rollout_loss(student, frames, act, K, u, sampler, gen, "l2")
     assert torch.allclose(loss, torch.stack(expected).mean()), (loss, expected)
     # no unroll: the student's frame from real context, scored against the real frame
     loss0 = rollout_loss(student, frames[:, : K + 1], act[:, :K], K, 0, sampler, gen, "l2")
-    assert torch.allclose(loss0, (0.1 * act[:, K - 1].float()).pow(2).mean())
+    assert torch.allclose(loss0, push(act[:, :K]).pow(2).mean())
     # at a multistep level the input is the real frame noised to that level
     seen = []
     rollout_loss(lambda x, s, c, a: seen.append((x, s)) or x, frames + 0.5, act, K, 0,

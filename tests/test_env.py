@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import worldsim  # noqa: F401  (registers worldsim/World-v0)
 from worldsim.checkpoint import CheckpointError
 from worldsim.env import WorldModelEnv
+from worldsim.models.samplers import SamplerConfig
 from worldsim.vector_env import WorldModelVectorEnv
 
 
@@ -132,6 +133,13 @@ def test_bf16_precision_is_deterministic_and_close_to_fp32(tiny_world):
         )
     assert torch.equal(auto.float(), x16) and w16.denoiser is not w16.bundle.student
     assert next(w16.bundle.student.parameters()).dtype == torch.float32
+    # play switches sampler at run time: the teacher gets its own bfloat16 copy
+    student16 = w16.denoiser
+    w16.sampler = SamplerConfig("euler", 3)
+    teacher16 = w16.denoiser
+    assert teacher16 is w16.denoiser and teacher16 is not student16
+    assert teacher16.parameterization == w16.model.denoiser.parameterization != "consistency"
+    assert any(p.dtype == torch.bfloat16 for p in teacher16.parameters())
     with pytest.raises(ValueError, match="precision must be fp32 or bf16, got 'fp16'"):
         WorldModelEnv(str(tiny_world), precision="fp16")
 

@@ -17,9 +17,8 @@ few-step sampler.
 its next frame from that self-drawn context is regressed onto the real frame. This trains
 the one-step sampler out of the drift that autoregressive rollouts accumulate (exposure
 bias: the teacher and the other targets only ever see real context). Regressing onto real
-frames makes the student hedge (blur) wherever the context leaves it unsure: on Bricks, 750
-steps from the shipped student traded one-step accuracy for a little at h16 (moving-pixel
-PSNR h1 18.6 -> 13.3 dB, h16 9.7 -> 10.2; BENCHMARKS.md), so it is not the default.
+frames makes the student hedge (blur) wherever the context leaves it unsure: on Bricks it
+traded much one-step accuracy for a little at h16 (BENCHMARKS.md), so it is not the default.
 """
 
 from __future__ import annotations
@@ -54,16 +53,18 @@ class DistillConfig(RunConfig):
     """consistency: the consistency-distillation targets above. solve: regress the one-step
     output f(sigma_max z) onto the teacher's own `solve_steps`-step Euler solution from the
     same noise (Luhman & Luhman 2021); a fine-tune (with init=) that aims the one-step
-    sampler at what the teacher's few-step sampler draws. rollout: regress the one-step output, from context the student drew
-    itself for up to `unroll` steps, onto the real frame (a fine-tune, with init=)."""
+    sampler at what the teacher's few-step sampler draws. rollout: regress the one-step
+    output, from context the student drew itself for up to `unroll` steps, onto the real
+    frame (a fine-tune, with init=)."""
     solve_steps: int = 3
     """target=solve: Euler steps of the teacher's solution."""
     unroll: int = 8
     """target=rollout: most frames the student draws before the one it is trained on (each
-    batch draws a count in [0, unroll])."""
+    batch draws a count in [0, unroll]). Segments are unroll + 1 steps long for every batch,
+    so episodes shorter than that are left out."""
     solve_multistep: float = 0.5
-    """target=solve or rollout: share of batches trained at the noise levels the multistep sampler
-    visits (the rest at sigma_max, where the one-step sampler starts), so that both
+    """target=solve or rollout: share of batches trained at the noise levels the multistep
+    sampler visits (the rest at sigma_max, where the one-step sampler starts), so that both
     samplers keep to the target."""
     solver: Literal["euler", "heun"] = "heun"
     """Teacher ODE step that makes the targets."""
@@ -206,6 +207,7 @@ class Distiller(Trainer):
         self.levels = multistep_levels(self.cfg)  # where solve/rollout train the multistep sampler
 
     def horizon(self) -> int:
+        """target=rollout trains on segments of unroll + 1 target frames."""
         return self.cfg.unroll + 1 if self.cfg.target == "rollout" else 1
 
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
@@ -225,9 +227,7 @@ class Distiller(Trainer):
 
     def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, K, dev = self.cfg, self.model_cfg.denoiser.context, self.device
-        frames = to_unit(batch.obs[:, : K + 1].to(dev))
-        ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
-        zero = torch.zeros(len(x0), device=dev)
+        zero = torch.zeros(len(batch.obs), device=dev)  # no context noise
         level = None
         if cfg.target in ("solve", "rollout"):
             if torch.rand((), generator=gen, device=dev).item() < cfg.solve_multistep:
@@ -240,6 +240,8 @@ class Distiller(Trainer):
             loss = rollout_loss(lambda x, s, c, a: model(x, s, c, a, zero), frames,
                                 batch.act[:, : K + u].to(dev), K, u, sampler, gen, cfg.distance, level)  # fmt: skip
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
+        frames = to_unit(batch.obs[:, : K + 1].to(dev))
+        ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
         if cfg.target == "solve":
             solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
             loss = solve_loss(lambda x, s: model(x, s, ctx, act, zero),

@@ -53,7 +53,9 @@ class World:
     """N dreams stepped together by one batched network call per step.
 
     `precision="bf16"` runs the denoiser under bfloat16 autocast (the reward model stays
-    fp32): faster batches on CPUs with AMX and on GPUs, frames a little off fp32's.
+    fp32): faster on CPUs with AMX and on GPUs, frames a little off fp32's. It uses a copy
+    of the network with bfloat16 conv and linear weights, made on first use (for the
+    teacher, when a sampler switch first needs it), so autocast does not re-cast them.
 
     State: the last K frames (N, K, 3, H, W) in [-1, 1] (quantised to uint8 levels, as the
     user sees them) and the K actions that produced them (N, K).

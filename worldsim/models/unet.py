@@ -54,7 +54,7 @@ class GroupNorm(nn.GroupNorm):
     normalised in fp32 instead. Same parameters, same result up to bfloat16 rounding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and (self.num_channels // self.num_groups) % 4
+        if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and (self.num_channels // self.num_groups) % 4 != 0
                 and x.is_contiguous(memory_format=torch.channels_last)):  # fmt: skip
             return super().forward(x.float()).to(x.dtype)
         return super().forward(x)
