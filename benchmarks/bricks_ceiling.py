@@ -89,6 +89,9 @@ def main() -> None:
     p.add_argument("--tries", type=int, default=50000, help="rejection-sampling budget per start")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
+    for key in ("starts", "draws", "tries"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key} must be >= 1, got {getattr(args, key)}")
     K, H = 4, max(HORIZONS)
     rng = np.random.default_rng(args.seed)
     sampler, mean, last_frame, skipped, ep = [], [], [], 0, 0

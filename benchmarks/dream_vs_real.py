@@ -65,8 +65,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400, help="steps per env")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     args = p.parse_args()
-    venv = WorldModelVectorEnv(args.envs, args.world, max_episode_steps=10**9,
-                               autoreset_mode="same_step", precision=args.precision)  # fmt: skip
+    if args.envs < 1 or args.steps < 1:
+        p.error(f"--envs and --steps must be >= 1, got {args.envs}, {args.steps}")
+    try:
+        venv = WorldModelVectorEnv(args.envs, args.world, max_episode_steps=10**9,
+                                   autoreset_mode="same_step", precision=args.precision)  # fmt: skip
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     bundle, meanings = venv.bundle, venv.get_action_meanings()
     print(f"world {bundle.path}, {args.envs} envs x {args.steps} steps per policy, "
           f"torch {torch.__version__}, {args.precision}\n")  # fmt: skip
