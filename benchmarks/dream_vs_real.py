@@ -15,45 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from worldsim.rl import real_env
+from worldsim.rl import dream_rates, real_rates
 from worldsim.vector_env import WorldModelVectorEnv
-
-
-def policy(hold: int | None, n_actions: int, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n actions: uniform (hold None), or `hold` with a random action 10% of the time."""
-    if hold is None:
-        return rng.integers(0, n_actions, n)
-    return np.where(rng.random(n) < 0.1, rng.integers(0, n_actions, n), hold)
-
-
-def dream(venv: WorldModelVectorEnv, hold: int | None, steps: int) -> tuple[float, float]:
-    """Episode ends and reward per 1,000 steps of the world (ended dreams restart at once)."""
-    envs, n = venv.num_envs, int(venv.single_action_space.n)
-    venv.reset(seed=0)
-    rng, ends, reward = np.random.default_rng(0), 0, 0.0
-    for _ in range(steps):
-        _, r, term, _, _ = venv.step(policy(hold, n, rng, envs))
-        ends, reward = ends + int(term.sum()), reward + float(r.sum())
-    return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
-
-
-def real(bundle, hold: int | None, envs: int, steps: int) -> tuple[float, float]:
-    """The same in the real game."""
-    env, ends, reward = real_env(bundle), 0, 0.0
-    n = int(env.action_space.n)
-    for i in range(envs):
-        env.reset(seed=i)
-        rng = np.random.default_rng(i)
-        for _ in range(steps):
-            _, r, term, trunc, _ = env.step(int(policy(hold, n, rng, 1)[0]))
-            reward += float(r)
-            if term or trunc:
-                ends += int(term)
-                env.reset()
-    return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
 
 
 def main() -> None:
@@ -78,8 +43,8 @@ def main() -> None:
     print("| policy | ends / 1k steps, world | real | reward / 1k steps, world | real |")
     print("|---|---|---|---|---|")
     for hold in [None, *range(len(meanings))]:
-        d_end, d_rew = dream(venv, hold, args.steps)
-        r_end, r_rew = real(bundle, hold, args.envs, args.steps)
+        d_end, d_rew = dream_rates(venv, hold, args.steps)
+        r_end, r_rew = real_rates(bundle, hold, args.envs, args.steps)
         label = "random" if hold is None else f"hold {meanings[hold]}"
         print(f"| {label} | {d_end:.2f} | {r_end:.2f} | {d_rew:.1f} | {r_rew:.1f} |", flush=True)
 

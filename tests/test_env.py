@@ -223,8 +223,30 @@ def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, 
 
     out = tmp_path / "rl"
     assert main(["rl", f"world={tiny_world}", "steps=256", "num_envs=2", "eval_episodes=2", "eval_max_steps=30",
-                 "max_episode_steps=20", "real_baseline=false", f"out={out}"]) == 0  # fmt: skip
+                 "max_episode_steps=20", "real_baseline=false", "check_steps=30", f"out={out}"]) == 0  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert len(report["dream_agent"]) == 2 and len(report["random"]) == 2
     assert (out / "agent_dream.zip").exists() and (out / "dream_agent_in_real_game.mp4").exists()
-    assert "dream_agent" in capsys.readouterr().out
+    ends = report["random_play_ends_per_1k_steps"]
+    assert ends["world"] >= 0 and ends["real"] >= 0
+    printed = capsys.readouterr().out
+    assert "dream_agent" in printed and "random play ends" in printed
+
+
+def test_episode_end_check_counts_ends_and_warns_when_the_world_seldom_ends():
+    from worldsim.rl import check_line, dream_rates, simple_policy
+
+    class Ends:  # a stand-in vector env: every env ends every 4th step, reward 1 per step
+        num_envs, single_action_space = 3, gym.spaces.Discrete(4)
+
+        def reset(self, seed=None):
+            self.t = 0
+
+        def step(self, actions):
+            self.t += 1
+            return None, np.ones(3), np.full(3, self.t % 4 == 0), np.zeros(3, bool), {}
+
+    assert dream_rates(Ends(), None, steps=40) == (250.0, 1000.0)
+    held = simple_policy(2, 4, np.random.default_rng(0), 1000)
+    assert 0.85 < (held == 2).mean() < 0.98 and set(np.unique(held)) == {0, 1, 2, 3}
+    assert "warning" in check_line(0.9, 4.1) and "warning" not in check_line(3.0, 4.1)

@@ -52,11 +52,17 @@ class RLConfig:
     minutes: float = 0.0
     """Wall-clock budget for training in the world (0 = none); the real-game baseline then
     trains for as many steps as the dream agent got."""
+    check_steps: int = 200
+    """Before training: steps of random play (in each of num_envs worlds and as many real
+    games) to compare how often the world and the real game end episodes; 0 = skip. A world
+    that ends far fewer episodes than its game does not punish what an agent does wrong."""
 
     def __post_init__(self):
         for key in ("steps", "num_envs", "eval_episodes", "max_episode_steps", "frame_stack"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.check_steps < 0:
+            raise ValueError(f"check_steps must be >= 0 (0 = skip), got {self.check_steps}")
         check_precision(self.precision)
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no time budget), got {self.minutes}")
@@ -96,6 +102,43 @@ class Stack:
         return self.obs
 
 
+def simple_policy(hold: int | None, n_actions: int, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n actions: uniform random (hold None), or `hold` with a random action 10% of the time."""
+    if hold is None:
+        return rng.integers(0, n_actions, n)
+    return np.where(rng.random(n) < 0.1, rng.integers(0, n_actions, n), hold)
+
+
+def dream_rates(venv, hold: int | None, steps: int, seed: int = 0) -> tuple[float, float]:
+    """(episode ends, reward) per 1,000 steps of `simple_policy` in a WorldModelVectorEnv
+    (made with autoreset_mode="same_step", so ended dreams restart at once)."""
+    envs, n = venv.num_envs, int(venv.single_action_space.n)
+    venv.reset(seed=seed)
+    rng, ends, reward = np.random.default_rng(seed), 0, 0.0
+    for _ in range(steps):
+        _, r, term, _, _ = venv.step(simple_policy(hold, n, rng, envs))
+        ends, reward = ends + int(term.sum()), reward + float(r.sum())
+    return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
+
+
+def real_rates(
+    bundle, hold: int | None, envs: int, steps: int, seed: int = 0
+) -> tuple[float, float]:
+    """The same in the world's real game: `envs` games of `steps` steps each."""
+    env, ends, reward = real_env(bundle), 0, 0.0
+    n = int(env.action_space.n)
+    for i in range(envs):
+        env.reset(seed=seed + i)
+        rng = np.random.default_rng(seed + i)
+        for _ in range(steps):
+            _, r, term, trunc, _ = env.step(int(simple_policy(hold, n, rng, 1)[0]))
+            reward += float(r)
+            if term or trunc:
+                ends += int(term)
+                env.reset()
+    return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
+
+
 def score(act, bundle, cfg: RLConfig, frames: list | None = None) -> list[float]:
     """Returns of `act(stacked frames) -> action` over eval_episodes real-game episodes."""
     env, returns, stack = real_env(bundle), [], Stack(cfg.frame_stack)
@@ -123,10 +166,20 @@ def train_rl(cfg: RLConfig) -> dict:
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
     from worldsim.sb3 import WorldVecEnv
+    from worldsim.vector_env import WorldModelVectorEnv
     from worldsim.video import write_mp4
 
-    out, t0 = Path(cfg.out), time.monotonic()
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    check = {}
+    if cfg.check_steps:
+        probe = WorldModelVectorEnv(cfg.num_envs, cfg.world, cfg.sampler or None, max_episode_steps=10**9,
+                                    device=cfg.device, autoreset_mode="same_step", precision=cfg.precision)  # fmt: skip
+        world_ends, _ = dream_rates(probe, None, cfg.check_steps, cfg.seed)
+        real_ends, _ = real_rates(probe.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed)
+        check = {"random_play_ends_per_1k_steps": {"world": world_ends, "real": real_ends}}
+        print(check_line(world_ends, real_ends), flush=True)
+    t0 = time.monotonic()
     venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
                        max_episode_steps=cfg.max_episode_steps, device=cfg.device,
                        precision=cfg.precision)  # fmt: skip
@@ -146,6 +199,7 @@ def train_rl(cfg: RLConfig) -> dict:
         "minutes_in_world": (time.monotonic() - t0) / 60,
         "episodes": cfg.eval_episodes,
         "policy": policy,
+        **check,
     }
     report["dream_agent"] = score(
         lambda o: int(agent.predict(o, deterministic=False)[0]), bundle, cfg, frames
@@ -196,8 +250,21 @@ def _has_rich() -> bool:
     return True
 
 
+def check_line(world_ends: float, real_ends: float) -> str:
+    """What the episode-end check found, in one line (a warning when the world ends less
+    than half as many episodes as the real game)."""
+    line = f"random play ends {world_ends:.2f} episodes per 1k steps in the world, {real_ends:.2f} in the real game"
+    if world_ends < real_ends / 2:
+        line += ("; warning: the world seldom ends episodes, so an agent trained in it is not"
+                 " taught to avoid what ends them in the real game")  # fmt: skip
+    return line
+
+
 def summary(report: dict) -> str:
     lines = [f"real-game return over {report['episodes']} episodes (mean ± std):"]
+    if "random_play_ends_per_1k_steps" in report:
+        ends = report["random_play_ends_per_1k_steps"]
+        lines.insert(0, check_line(ends["world"], ends["real"]))
     for key in ("dream_agent", "random", "real_agent"):
         if key in report:
             r = np.array(report[key])
