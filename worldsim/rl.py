@@ -166,23 +166,20 @@ def train_rl(cfg: RLConfig) -> dict:
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
     from worldsim.sb3 import WorldVecEnv
-    from worldsim.vector_env import WorldModelVectorEnv
     from worldsim.video import write_mp4
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check = {}
-    if cfg.check_steps:
-        probe = WorldModelVectorEnv(cfg.num_envs, cfg.world, cfg.sampler or None, max_episode_steps=10**9,
-                                    device=cfg.device, autoreset_mode="same_step", precision=cfg.precision)  # fmt: skip
-        world_ends, _ = dream_rates(probe, None, cfg.check_steps, cfg.seed)
-        real_ends, _ = real_rates(probe.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed)
-        check = {"random_play_ends_per_1k_steps": {"world": world_ends, "real": real_ends}}
-        print(check_line(world_ends, real_ends), flush=True)
-    t0 = time.monotonic()
     venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
                        max_episode_steps=cfg.max_episode_steps, device=cfg.device,
                        precision=cfg.precision)  # fmt: skip
+    check = {}
+    if cfg.check_steps:  # on the training worlds themselves; PPO's first reset reseeds them
+        world_ends, _ = dream_rates(venv.venv, None, cfg.check_steps, cfg.seed)
+        real_ends, _ = real_rates(venv.venv.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed)
+        check = {"random_play_ends_per_1k_steps": {"world": world_ends, "real": real_ends}}
+        print(check_line(world_ends, real_ends), flush=True)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     bundle = venv.venv.bundle
     venv.seed(cfg.seed)
     policy = _policy_for(bundle.frame_size)
