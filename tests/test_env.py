@@ -227,6 +227,7 @@ def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, 
     report = json.loads((out / "report.json").read_text())
     assert len(report["dream_agent"]) == 2 and len(report["random"]) == 2
     assert (out / "agent_dream.zip").exists() and (out / "dream_agent_in_real_game.mp4").exists()
+    assert report["life_loss"]  # the tiny world learned lives from Bricks' data: auto turns it on
     ends = report["random_play_ends_per_1k_steps"]
     assert ends["world"] >= 0 and ends["real"] >= 0
     printed = capsys.readouterr().out

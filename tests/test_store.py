@@ -82,7 +82,7 @@ def test_segments_pad_episode_starts_and_use_train_only(bricks_data):
     s = SegmentSampler(bricks_data, "train", context=4, horizon=2)
     train_ids = {e["id"] for e in bricks_data.entries("train")}
     assert {e["id"] for e in s.entries} <= train_ids
-    frames, act, rew, end, mask = s.segment(0)  # step 0 of the first episode
+    frames, act, rew, end, mask, _ = s.segment(0)  # step 0 of the first episode
     assert frames.shape == (6, 64, 64, 3) and act.shape == (5,) and rew.shape == (2,)
     assert mask.tolist() == [False, False, False, True, True, True]
     assert (frames[:3] == frames[3]).all() and (act[:3] == 0).all()
@@ -95,7 +95,7 @@ def test_a_batch_is_the_segments_of_its_indices(bricks_data):
     s = SegmentSampler(bricks_data, "train", context=4, horizon=3)
     batch = s.sample(64, np.random.default_rng(1))
     for k, j in enumerate(np.random.default_rng(1).integers(0, len(s), 64)):
-        frames, act, rew, end, mask = s.segment(int(j))
+        frames, act, rew, end, mask, _ = s.segment(int(j))
         assert np.array_equal(batch.obs[k].permute(0, 2, 3, 1).numpy(), frames)
         assert np.array_equal(batch.act[k].numpy(), act)
         assert np.array_equal(batch.rew[k].numpy(), rew.astype(np.float32))

@@ -33,7 +33,8 @@ class BundleConfig:
     out: str = "worlds/bricks"
     """World folder to write."""
     student: str = ""
-    """Run folder of the one-step student (from `worldsim distill`); empty = none."""
+    """Run folder of the one-step student (from `worldsim distill`), or a world folder whose
+    student to take (its denoiser config must match); empty = none."""
     starts: int = 64
     """Real starting contexts to include (episode starts of the run's training data)."""
     overwrite: bool = False
@@ -64,6 +65,11 @@ class WorldBundle:
     def context(self) -> int:
         return self.model.cfg.denoiser.context
 
+    @property
+    def lives(self) -> bool:
+        """Whether the reward/end model predicts lost lives (learned from data with lives)."""
+        return bool(self.meta.get("lives")) and self.model.cfg.reward.life_head
+
 
 def bundle(cfg: BundleConfig) -> Path:
     """Write the world folder `cfg.out` from the run `cfg.run`."""
@@ -84,6 +90,7 @@ def bundle(cfg: BundleConfig) -> Path:
     meta = {"kind": "worldsim-world", "env_id": state["env_id"], "action_meanings": state["action_meanings"],
             "frame_size": state["frame_size"], "reward_values": state["reward_values"],
             "model": state["model"], "keys_to_action": _keymap(state["env_id"]),
+            "lives": bool(state.get("lives")) and model_cfg.reward.life_head,
             "env": {**state["config"].get("env", {}), "id": state["env_id"], "frame_size": state["frame_size"][0]},
             "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"]}}  # fmt: skip
 
@@ -131,11 +138,18 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
     """Copy a distilled student's EMA weights (fp16) into the bundle; it must fit the teacher."""
     from worldsim.models.denoiser import Denoiser
 
-    path = ckpt.latest_checkpoint(run)
-    state = ckpt.load_json(path / "state.json")
-    if state.get("model") != meta["model"]:
+    if (run / "world.json").is_file():  # the student of another world
+        other = ckpt.load_json(run / "world.json")
+        if "student" not in other:
+            raise ckpt.CheckpointError(f"{run}: this world has no student to take")
+        path, state = run / "student.safetensors", {**other["student"], "model": other["model"]}
+        weights = ckpt.load_tensors(path)
+    else:
+        path = ckpt.latest_checkpoint(run)
+        state = ckpt.load_json(path / "state.json")
+        weights = ckpt.load_tensors(path / "ema.safetensors")
+    if "model" not in state or _denoiser_cfg(state["model"]) != _denoiser_cfg(meta["model"]):
         raise ckpt.CheckpointError(f"{path}: the student's model config differs from the teacher's")
-    weights = ckpt.load_tensors(path / "ema.safetensors")
     student = Denoiser(
         from_dict(ModelConfig, state["model"]).denoiser, len(meta["action_meanings"]), "consistency"
     )
@@ -143,8 +157,14 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
     ckpt.save_tensors(
         dest, {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     )
+    if "config" not in state:  # taken from a world: keep where it was made
+        return {k: state[k] for k in ("run", "step", "sigma_min", "sigma_max")}
     return {"run": str(run), "step": state["step"], "sigma_min": state["config"]["sigma_min"],
             "sigma_max": state["config"]["sigma_max"]}  # fmt: skip
+
+
+def _denoiser_cfg(model: dict):
+    return from_dict(ModelConfig, model).denoiser
 
 
 def _starts(ds: Dataset, K: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +202,12 @@ def resolve(world: str | Path) -> Path:
     raise ckpt.CheckpointError(
         f"no world {str(world)!r}: not a folder, and shipped worlds are: {shipped or 'none yet'}"
     )
+
+
+def knows_lives(world: str | Path) -> bool:
+    """Whether a world (folder or shipped name) predicts lost lives, read from its world.json."""
+    meta = ckpt.load_json(resolve(world) / "world.json")
+    return bool(meta.get("lives")) and from_dict(ModelConfig, meta["model"]).reward.life_head
 
 
 def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBundle:

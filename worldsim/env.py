@@ -47,8 +47,15 @@ def check_context(
     return torch.from_numpy(frames.copy()), torch.from_numpy(actions.astype(np.int64))
 
 
-def load_checked(world, frame_size: int | None, num_actions: int | None, device) -> WorldBundle:
+def load_checked(world, frame_size: int | None, num_actions: int | None, device,
+                 end_on_life_loss: bool = False) -> WorldBundle:  # fmt: skip
     bundle = load_world(world, device)
+    if end_on_life_loss and not bundle.lives:
+        raise ValueError(
+            f"end_on_life_loss=True needs a world that predicts lost lives; {bundle.path} does not "
+            "(fit its reward model to data recorded with lives: worldsim train init=<world> "
+            "reward_only=true data=<data>)"
+        )
     h, w = bundle.frame_size
     if frame_size is not None and (h, w) != (frame_size, frame_size):
         raise ValueError(
@@ -80,13 +87,20 @@ class WorldModelEnv(gym.Env):
 
     ## Episode End
     Terminated when the end model predicts the episode ends; truncated after
-    `max_episode_steps` steps.
+    `max_episode_steps` steps. With `end_on_life_loss=True` (worlds that predict lost
+    lives), an episode also terminates when a life is lost, and the next `reset()` without
+    a seed or options goes on from that moment, as Atari's EpisodicLifeEnv does (the step
+    count, and so truncation, runs on across these resets).
+
+    ## Info
+    `step`: steps since the last full reset. `life_lost`: whether the world predicts that
+    this step lost a life (always False for worlds that do not know lives).
 
     ## Arguments
     `world`: a shipped world's name or a world folder. `sampler`/`steps`: how frames are
     drawn (`onestep`, `multistep`, `euler`, `heun`; default one-step when the world has a
     student). `max_episode_steps` (1000). `render_mode`: `rgb_array` or `human`.
-    `device`: `cpu` or `cuda`. `precision`: `fp32` (default) or `bf16` (the denoiser under
+    `end_on_life_loss`: see Episode End. `device`: `cpu` or `cuda`. `precision`: `fp32` (default) or `bf16` (the denoiser under
     bfloat16 autocast: faster batches on CPUs with AMX and on GPUs). `frame_size`/`num_actions`: if given, the world must match.
     `reset(options={"frames": (K, H, W, 3) uint8, "actions": (K,)})` starts the dream from
     any real moment (`actions[i]` produced `frames[i]`); otherwise from one of the world's
@@ -97,16 +111,19 @@ class WorldModelEnv(gym.Env):
 
     def __init__(self, world: str = "bricks", sampler: str | None = None, steps: int | None = None,
                  max_episode_steps: int = 1000, render_mode: str | None = None, device: str = "cpu",
-                 frame_size: int | None = None, num_actions: int | None = None, precision: str = "fp32"):  # fmt: skip
+                 frame_size: int | None = None, num_actions: int | None = None, precision: str = "fp32",
+                 end_on_life_loss: bool = False):  # fmt: skip
         if render_mode not in (None, "rgb_array", "human"):
             raise ValueError(
                 f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}"
             )
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        self.bundle = load_checked(world, frame_size, num_actions, device)
+        self.bundle = load_checked(world, frame_size, num_actions, device, end_on_life_loss)
         self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps), precision)
         self.render_mode, self.max_episode_steps = render_mode, max_episode_steps
+        self.end_on_life_loss = end_on_life_loss
+        self._go_on = False  # the last episode ended at a lost life: reset() goes on from there
         h, w = self.bundle.frame_size
         self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
         self.action_space = spaces.Discrete(len(self.bundle.action_meanings))
@@ -127,6 +144,9 @@ class WorldModelEnv(gym.Env):
         super().reset(seed=seed)
         self._gen.manual_seed(int(self.np_random.integers(2**62)))
         K = self.bundle.context
+        go_on, self._go_on = self._go_on and seed is None and not options, False
+        if go_on:
+            return self.world.observation()[0].cpu().numpy(), {"step": self._t, "life_lost": False}
         if options and "frames" in options:
             frames, actions = check_context(options, K, self.bundle.frame_size, self.action_space.n)
         else:
@@ -135,23 +155,25 @@ class WorldModelEnv(gym.Env):
         self.world.reset(frames[None], actions[None])
         self._t = 0
         self._render_human()
-        return self.world.observation()[0].cpu().numpy(), {"step": 0}
+        return self.world.observation()[0].cpu().numpy(), {"step": 0, "life_lost": False}
 
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(
                 f"action must be an integer in [0, {self.action_space.n}), got {action!r}"
             )
-        frames, rewards, ends = self.world.step(torch.tensor([int(action)]), self._gen)
+        frames, rewards, ends, lost = self.world.step(torch.tensor([int(action)]), self._gen)
         self._t += 1
         self._render_human()
         truncated = self._t >= self.max_episode_steps
+        end, lost = bool(ends[0]), bool(lost[0])
+        self._go_on = self.end_on_life_loss and lost and not (end or truncated)
         return (
             frames[0].cpu().numpy(),
             float(rewards[0]),
-            bool(ends[0]),
+            end or (self.end_on_life_loss and lost),
             truncated,
-            {"step": self._t},
+            {"step": self._t, "life_lost": lost},
         )
 
     def render(self):

@@ -105,14 +105,23 @@ def reward_accuracy(
     b = _to(data.sample(n, np.random.default_rng(seed)), bundle.model.reward_values.device)
     K = bundle.context
     frames = to_unit(b.obs)
-    logits, end_logit = bundle.model.reward(frames[:, :K], b.act[:, K - 1], frames[:, K])
+    logits, end_logit, life_logit = bundle.model.reward(
+        frames[:, :K], b.act[:, K - 1], frames[:, K]
+    )
     pred = bundle.model.reward_values[logits.argmax(1)]
     real, end = b.rew[:, 0], b.end[:, 0]
     nonzero = real != 0
     return {"reward_accuracy": (pred == real).float().mean().item(),
             "reward_recall_nonzero": (pred[nonzero] == real[nonzero]).float().mean().item() if nonzero.any() else float("nan"),
             "end_accuracy": ((end_logit > 0) == end).float().mean().item(),
-            "end_recall": ((end_logit > 0) & end).sum().item() / max(int(end.sum()), 1), "ends_seen": int(end.sum())}  # fmt: skip
+            "end_recall": ((end_logit > 0) & end).sum().item() / max(int(end.sum()), 1), "ends_seen": int(end.sum()),
+            **(life_accuracy(life_logit > 0, b.life[:, 0]) if bundle.lives else {})}  # fmt: skip
+
+
+def life_accuracy(pred: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """Lost-life prediction: the share of real losses caught, and false alarms per 1k steps."""
+    return {"life_recall": (pred & real).sum().item() / max(int(real.sum()), 1),
+            "life_false_per_1k": 1000 * (pred & ~real).float().mean().item(), "lives_seen": int(real.sum())}  # fmt: skip
 
 
 def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int,
@@ -170,7 +179,7 @@ def action_following(
         gens = [torch.Generator(world.device).manual_seed(seed + i) for _ in range(2)]
         dream = [[], []]
         for t in range(steps):
-            out, _, _ = world.step(torch.tensor([seq_a[t], seq_b[t]]), gens)
+            out, *_ = world.step(torch.tensor([seq_a[t], seq_b[t]]), gens)
             dream[0].append(out[0].cpu().numpy()), dream[1].append(out[1].cpu().numpy())
         for t in range(steps):
             m_real = np.abs(real[0][t].astype(int) - real[1][t].astype(int)).max(-1) > 0
@@ -306,4 +315,7 @@ def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
     re = report["reward_end"]
     lines.append(f"\nreward accuracy {re['reward_accuracy']:.3f} (non-zero rewards {re['reward_recall_nonzero']:.3f}), "
                  f"end accuracy {re['end_accuracy']:.3f} (recall {re['end_recall']:.2f} of {re['ends_seen']} ends)")  # fmt: skip
+    if "life_recall" in re:
+        lines[-1] += (f", lost lives caught {re['life_recall']:.2f} of {re['lives_seen']}, "
+                      f"{re['life_false_per_1k']:.1f} false alarms per 1k steps")  # fmt: skip
     return "\n".join(lines)

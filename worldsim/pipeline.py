@@ -14,6 +14,7 @@ from typing import Literal
 from worldsim import checkpoint as ckpt
 from worldsim.data.store import DataError, Dataset
 from worldsim.games import EnvConfig
+from worldsim.models.reward import RewardConfig
 from worldsim.models.world_model import ModelConfig
 
 
@@ -25,8 +26,10 @@ class PresetConfig:
     """Steps of recorded play."""
     test_fraction: float = 0.1
     """Share of episodes held out for evaluation."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """World model size."""
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(reward=RewardConfig(life_head=True))
+    )
+    """World model size (the reward/end model also learns lost lives)."""
     batch_size: int = 32
     """Training (and distillation) batch size."""
     lr: float = 3e-4

@@ -12,7 +12,9 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import gymnasium as gym
 import numpy as np
 
 from worldsim.runtime import check_precision
@@ -56,6 +58,11 @@ class RLConfig:
     """Before training: steps of random play (in each of num_envs worlds and as many real
     games) to compare how often the world and the real game end episodes; 0 = skip. A world
     that ends far fewer episodes than its game does not punish what an agent does wrong."""
+    life_loss: Literal["auto", "on", "off"] = "auto"
+    """End training episodes at each lost life (done, no reset, as Atari's EpisodicLifeEnv):
+    a lost ball then costs the agent its future rewards. on: needs a world that predicts
+    lost lives; auto: on for those worlds, off for others. The real-game baseline trains
+    the same way."""
 
     def __post_init__(self):
         for key in ("steps", "num_envs", "eval_episodes", "max_episode_steps", "frame_stack"):
@@ -78,11 +85,41 @@ def _policy_for(shape) -> str:
     return "CnnPolicy" if min(shape[:2]) >= 36 else "MlpPolicy"
 
 
-def real_env(bundle):
+def real_env(bundle, end_on_life_loss: bool = False):
+    """The world's source game (with `end_on_life_loss`, wrapped in EndOnLifeLoss)."""
     from worldsim.config import from_dict
     from worldsim.games import EnvConfig, make_env
 
-    return make_env(from_dict(EnvConfig, bundle.meta["env"]))
+    env = make_env(from_dict(EnvConfig, bundle.meta["env"]))
+    return EndOnLifeLoss(env) if end_on_life_loss else env
+
+
+class EndOnLifeLoss(gym.Wrapper):
+    """A real game whose episodes also end when `info["lives"]` drops; `reset()` then goes
+    on from that moment (no new game) unless the game itself ended or a seed or options are
+    given: the real-game counterpart of the worlds' `end_on_life_loss`, for any game that
+    reports lives (SB3's EpisodicLifeEnv reads ALE's lives only)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._lives, self._go_on = None, None
+
+    def reset(self, *, seed=None, options=None):
+        go_on, self._go_on = self._go_on, None
+        if go_on is not None and seed is None and not options:
+            return go_on
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._lives = info.get("lives")
+        return obs, info
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        lives = info.get("lives", self._lives)
+        lost = self._lives is not None and lives < self._lives
+        self._lives = lives
+        if lost and not (term or trunc):
+            self._go_on, term = (obs, info), True
+        return obs, r, term, trunc, info
 
 
 class Stack:
@@ -121,11 +158,11 @@ def dream_rates(venv, hold: int | None, steps: int, seed: int = 0) -> tuple[floa
     return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
 
 
-def real_rates(
-    bundle, hold: int | None, envs: int, steps: int, seed: int = 0
-) -> tuple[float, float]:
-    """The same in the world's real game: `envs` games of `steps` steps each."""
-    env, ends, reward = real_env(bundle), 0, 0.0
+def real_rates(bundle, hold: int | None, envs: int, steps: int, seed: int = 0,
+               end_on_life_loss: bool = False) -> tuple[float, float]:  # fmt: skip
+    """The same in the world's real game: `envs` games of `steps` steps each (a lost life
+    counts as an end with `end_on_life_loss`)."""
+    env, ends, reward = real_env(bundle, end_on_life_loss), 0, 0.0
     n = int(env.action_space.n)
     for i in range(envs):
         env.reset(seed=seed + i)
@@ -165,17 +202,24 @@ def train_rl(cfg: RLConfig) -> dict:
         raise ImportError(
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
+    from worldsim.bundle import knows_lives
     from worldsim.sb3 import WorldVecEnv
     from worldsim.video import write_mp4
 
+    life = cfg.life_loss == "on" or (cfg.life_loss == "auto" and knows_lives(cfg.world))
     venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
                        max_episode_steps=cfg.max_episode_steps, device=cfg.device,
-                       precision=cfg.precision)  # fmt: skip
-    check = {}
+                       precision=cfg.precision, end_on_life_loss=life)  # fmt: skip
+    print(
+        f"training episodes end at a lost life: {'yes' if life else 'no'} (life_loss={cfg.life_loss})"
+    )
+    check = {"life_loss": life}
     if cfg.check_steps:  # on the training worlds themselves; PPO's first reset reseeds them
         world_ends, _ = dream_rates(venv.venv, None, cfg.check_steps, cfg.seed)
-        real_ends, _ = real_rates(venv.venv.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed)
-        check = {"random_play_ends_per_1k_steps": {"world": world_ends, "real": real_ends}}
+        real_ends, _ = real_rates(
+            venv.venv.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed, life
+        )
+        check["random_play_ends_per_1k_steps"] = {"world": world_ends, "real": real_ends}
         print(check_line(world_ends, real_ends), flush=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +251,7 @@ def train_rl(cfg: RLConfig) -> dict:
     if cfg.real_baseline:
         real = PPO(
             policy,
-            VecFrameStack(DummyVecEnv([lambda: real_env(bundle)] * 8), cfg.frame_stack),
+            VecFrameStack(DummyVecEnv([lambda: real_env(bundle, life)] * 8), cfg.frame_stack),
             seed=cfg.seed,
             device=cfg.device,
             **PPO_ARGS,

@@ -94,6 +94,17 @@ class TrainConfig(RunConfig):
     """The game the data comes from (names the default folders)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Network sizes."""
+    init: str = ""
+    """A world folder (or run folder) to start from: its denoiser (which must have this run's
+    model config), and its reward/end model when that fits too. Empty = fresh weights."""
+    reward_only: bool = False
+    """Train only the reward/end model; the denoiser stays as init= gave it. Minutes on a
+    CPU: e.g. to give a world the lost-life output from data recorded with lives."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reward_only and not self.init:
+            raise ValueError("reward_only=true needs init=<world folder> (the denoiser to keep)")
 
 
 class Trainer:
@@ -124,7 +135,7 @@ class Trainer:
         self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
                      "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
                      "reward_values": reward_values, "model": _plain(self.model_cfg),
-                     "config": _plain(cfg)}  # fmt: skip
+                     "lives": self.ds.lives, "config": _plain(cfg)}  # fmt: skip
         self._start_or_resume()
         self.ddp = self.model
         if self.world_size > 1:
@@ -228,13 +239,19 @@ class Trainer:
 
     # --- what a subclass (the distiller) changes -----------------------------------------
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
-        return WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
+        model = WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
+        if self.cfg.init:
+            _init_from(model, Path(self.cfg.init), reward_values)
+        if self.cfg.reward_only:
+            model.denoiser.requires_grad_(False)
+        return model
 
     def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch of segments under `model` (the DDP-wrapped one, or the EMA)."""
         K, dev = self.model_cfg.denoiser.context, self.device
         return model(batch.obs.to(dev), batch.act[:, :K].to(dev), batch.rew[:, 0].to(dev),
-                     batch.end[:, 0].to(dev), gen)  # fmt: skip
+                     batch.end[:, 0].to(dev), gen, life=batch.life[:, 0].to(dev),
+                     denoiser=not self.cfg.reward_only)  # fmt: skip
 
     def write_samples(self, path: Path) -> None:
         from worldsim.samples import write_sample_grid
@@ -291,8 +308,37 @@ def _plain(cfg) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
+def _init_from(model: WorldModel, src: Path, reward_values: list[float]) -> None:
+    """Load `model`'s denoiser from a world or run folder, and its reward/end model when its
+    config and reward values match; a denoiser of another config is refused."""
+    from worldsim.bundle import resolve
+    from worldsim.config import from_dict
+
+    if not (src / "latest").is_file():  # not a run: a world folder or a shipped world's name
+        src = resolve(src)
+    if (src / "world.json").is_file():
+        meta, path = ckpt.load_json(src / "world.json"), src / "teacher.safetensors"
+    else:
+        path = ckpt.latest_checkpoint(src)
+        meta, path = ckpt.load_json(path / "state.json"), path / "ema.safetensors"
+    other = from_dict(ModelConfig, meta["model"])
+    if other.denoiser != model.cfg.denoiser:
+        raise ckpt.CheckpointError(
+            f"{src}: its denoiser config differs from this run's model config ({other.denoiser})"
+        )
+    weights = {k: v.float() for k, v in ckpt.load_tensors(path).items()}
+    part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("denoiser.")}
+    ckpt.load_weights(model.denoiser, part, path)
+    if other.reward == model.cfg.reward and meta["reward_values"] == reward_values:
+        part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("reward.")}
+        ckpt.load_weights(model.reward, part, path)
+    else:
+        print(f"init: denoiser from {src}; the reward/end model starts fresh (its config or "
+              f"reward values differ from {src}'s)")  # fmt: skip
+
+
 def _reward_values(data: SegmentSampler) -> list[float]:
-    values = sorted({float(v) for _, rews, _ in data.small for v in np.unique(rews)} | {0.0})
+    values = sorted({float(v) for _, rews, *_ in data.small for v in np.unique(rews)} | {0.0})
     if len(values) > 32:
         raise ValueError(
             f"{len(values)} distinct rewards in the data; the reward model handles at most 32"

@@ -16,13 +16,18 @@ class WorldModelVectorEnv(VectorEnv):
     """`num_envs` dreams of one world, batched. Env i behaves like a `WorldModelEnv` seeded
     with seed + i and given the same actions. Autoreset: `next_step` (Gymnasium's default)
     or `same_step` (what Stable-Baselines3 expects); final observations of the same-step
-    mode are in `infos["final_obs"]`. Arguments as `WorldModelEnv`, plus `num_envs`."""
+    mode are in `infos["final_obs"]`. Arguments as `WorldModelEnv`, plus `num_envs`.
+
+    With `end_on_life_loss=True`, an env whose world loses a life (and does not end)
+    terminates, and its autoreset goes on from that moment instead of a new start, as
+    Atari's EpisodicLifeEnv does; `infos["life_lost"]` says where the world lost a life.
+    An explicit `reset()` always starts afresh."""
 
     def __init__(self, num_envs: int = 8, world: str = "bricks", sampler: str | None = None,
                  steps: int | None = None, max_episode_steps: int = 1000, device: str = "cpu",
                  autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
                  frame_size: int | None = None, num_actions: int | None = None, render_mode: str | None = None,
-                 precision: str = "fp32"):  # fmt: skip
+                 precision: str = "fp32", end_on_life_loss: bool = False):  # fmt: skip
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
@@ -32,7 +37,8 @@ class WorldModelVectorEnv(VectorEnv):
                 f"autoreset_mode must be next_step or same_step, got {autoreset_mode!r}"
             )
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
-        self.bundle = load_checked(world, frame_size, num_actions, device)
+        self.bundle = load_checked(world, frame_size, num_actions, device, end_on_life_loss)
+        self.end_on_life_loss = end_on_life_loss
         self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps), precision)
         self.num_envs, self.max_episode_steps, self.render_mode = (
             num_envs,
@@ -48,6 +54,7 @@ class WorldModelVectorEnv(VectorEnv):
         self._gens = [torch.Generator(self.world.device) for _ in range(num_envs)]
         self._t = np.zeros(num_envs, np.int64)
         self._needs_reset = np.zeros(num_envs, bool)
+        self._go_on = np.zeros(num_envs, bool)  # ended at a lost life: autoreset goes on
 
     def get_action_meanings(self) -> list[str]:
         return self.bundle.action_meanings
@@ -76,9 +83,17 @@ class WorldModelVectorEnv(VectorEnv):
         self.world.reset(torch.stack([f for f, _ in starts]), torch.stack([a for _, a in starts]))
         self._t[:] = 0
         self._needs_reset[:] = False
+        self._go_on[:] = False
         return self.world.observation().cpu().numpy(), {}
 
     def _reset_envs(self, index: np.ndarray) -> None:
+        """Autoreset: a new start, or (ended at a lost life) go on with fresh noise seeds."""
+        for i in index[self._go_on[index]]:
+            self._gens[i].manual_seed(int(self._rngs[i].integers(2**62)))
+        index = index[~self._go_on[index]]
+        self._go_on[:] = False
+        if len(index) == 0:
+            return
         starts = [self._start(int(i), None) for i in index]
         idx = torch.as_tensor(index, device=self.world.device)
         self.world.reset(
@@ -95,30 +110,49 @@ class WorldModelVectorEnv(VectorEnv):
                 f"actions must be {self.num_envs} integers in [0, {self.single_action_space.n}), got {actions.tolist()}"
             )
         mode = self.metadata["autoreset_mode"]
-        frames, rewards, ends = self.world.step(
+        restarted = self._needs_reset.copy() if mode == AutoresetMode.NEXT_STEP else None
+        kept = None
+        if restarted is not None and (restarted & self._go_on).any():
+            # envs going on after a lost life must not move this step: keep their state
+            k = torch.from_numpy(restarted & self._go_on).to(self.world.device)
+            kept = (k, self.world.frames[k].clone(), self.world.actions[k].clone())
+        frames, rewards, ends, lost = self.world.step(
             torch.from_numpy(actions.astype(np.int64)), self._gens
         )
+        if kept is not None:
+            self.world.frames[kept[0]], self.world.actions[kept[0]] = kept[1], kept[2]
         self._t += 1
         obs = frames.cpu().numpy()
         rewards, terms = rewards.cpu().numpy().astype(np.float32), ends.cpu().numpy()
+        lost = lost.cpu().numpy()
         truncs = self._t >= self.max_episode_steps
         if mode == AutoresetMode.NEXT_STEP:
             # envs that ended last step start afresh now (their action is ignored)
-            restarted = self._needs_reset.copy()
             if restarted.any():
+                self._t[restarted & self._go_on] -= 1  # they did not move
                 self._reset_envs(np.flatnonzero(restarted))
                 obs[restarted] = self.world.observation()[torch.from_numpy(restarted)].cpu().numpy()
                 rewards[restarted], terms[restarted], truncs[restarted] = 0.0, False, False
+                lost[restarted] = False
+            self._mark_life_ends(terms, truncs, lost)
             self._needs_reset = terms | truncs
-            return obs, rewards, terms, truncs, {}
+            return obs, rewards, terms, truncs, {"life_lost": lost}
+        self._mark_life_ends(terms, truncs, lost)
         done = terms | truncs
-        infos = {}
+        infos = {"life_lost": lost}
         if done.any():
-            infos = {"final_obs": np.array([o if d else None for o, d in zip(obs, done, strict=True)], dtype=object),
-                     "_final_obs": done.copy()}  # fmt: skip
+            infos |= {"final_obs": np.array([o if d else None for o, d in zip(obs, done, strict=True)], dtype=object),
+                      "_final_obs": done.copy()}  # fmt: skip
             self._reset_envs(np.flatnonzero(done))
             obs = self.world.observation().cpu().numpy()
         return obs, rewards, terms, truncs, infos
+
+    def _mark_life_ends(self, terms: np.ndarray, truncs: np.ndarray, lost: np.ndarray) -> None:
+        """With end_on_life_loss: terminate envs that lost a life, and mark those whose game
+        goes on (no end, no truncation) so that their autoreset continues from here."""
+        if self.end_on_life_loss:
+            self._go_on = lost & ~terms & ~truncs
+            terms |= lost
 
     def render(self):
         return self.world.observation().cpu().numpy() if self.render_mode == "rgb_array" else None

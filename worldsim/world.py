@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +41,16 @@ def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler
         return denoiser(x, sigma, obs, act, sigma_ctx)
 
     return sample(denoise, noise, sampler, generator).clamp(-1, 1)
+
+
+class Step(NamedTuple):
+    """What one step of N dreams gives: frames (N, H, W, 3) uint8, rewards (N,) float, ends
+    (N,) bool, and lives_lost (N,) bool (always False when the world does not know lives)."""
+
+    frames: torch.Tensor
+    rewards: torch.Tensor
+    ends: torch.Tensor
+    lives_lost: torch.Tensor
 
 
 def default_sampler(bundle) -> SamplerConfig:
@@ -108,18 +119,17 @@ class World:
             return next_frame(self.denoiser, obs, act, self.sampler, generator).float()
 
     @torch.no_grad()
-    def step(self, actions: torch.Tensor, generator: Generators = None):
-        """Advance every dream by one action (N,) -> frames (N, H, W, 3) uint8, rewards (N,)
-        float, ends (N,) bool."""
+    def step(self, actions: torch.Tensor, generator: Generators = None) -> Step:
+        """Advance every dream by one action (N,)."""
         actions = actions.to(self.device, torch.int64)
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
         frame = to_uint8(self.draw(self.frames, act, generator))
         nxt = to_unit(frame)  # the context holds what the user sees: uint8 levels
-        r_logits, e_logit = self.model.reward(self.frames, actions, nxt)
+        r_logits, e_logit, l_logit = self.model.reward(self.frames, actions, nxt)
         self.frames = torch.cat([self.frames[:, 1:], nxt[:, None]], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
-        return frame.permute(0, 2, 3, 1), rewards, e_logit > 0
+        return Step(frame.permute(0, 2, 3, 1), rewards, e_logit > 0, l_logit > 0)
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""

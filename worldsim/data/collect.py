@@ -45,19 +45,20 @@ class CollectConfig:
 
 def play_episode(env, policy: Policy, seed: int, max_steps: int, report=None) -> Episode:
     """Play one episode of at most `max_steps` steps; it is truncated if cut at that budget."""
-    obs, _ = env.reset(seed=seed)
-    frames, actions, rewards, terms, truncs = [obs], [], [], [], []
+    obs, info = env.reset(seed=seed)
+    lives = info.get("lives")
+    frames, actions, rewards, terms, truncs, lost = [obs], [], [], [], [], []
     for t in range(max_steps):
         a = policy.act()
-        obs, r, term, trunc, _ = env.step(a)
+        obs, r, term, trunc, info = env.step(a)
         trunc = trunc or (t == max_steps - 1 and not term)
-        (
-            frames.append(obs),
-            actions.append(a),
-            rewards.append(r),
-            terms.append(term),
-            truncs.append(trunc),
-        )  # noqa: E501
+        frames.append(obs)
+        actions.append(a)
+        rewards.append(r)
+        terms.append(term)
+        truncs.append(trunc)
+        lost.append(lives is not None and info.get("lives", lives) < lives)
+        lives = info.get("lives", lives)
         if report is not None and (t + 1) % 256 == 0:
             report(256)
         if term or trunc:
@@ -65,7 +66,7 @@ def play_episode(env, policy: Policy, seed: int, max_steps: int, report=None) ->
     if report is not None:
         report(len(actions) % 256)
     return Episode(np.stack(frames), np.array(actions, np.int64), np.array(rewards, np.float32),
-                   np.array(terms, bool), np.array(truncs, bool))  # fmt: skip
+                   np.array(terms, bool), np.array(truncs, bool), np.array(lost, bool))  # fmt: skip
 
 
 def _worker(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) -> None:
@@ -92,9 +93,10 @@ def collect(cfg: CollectConfig) -> Dataset:
     env = make_env(cfg.env)
     obs_shape = env.observation_space.shape
     Policy(cfg.policy, env, np.random.default_rng(0))  # fail early on a policy the game lacks
+    lives = "lives" in env.reset(seed=cfg.seed)[1]  # the game reports lives: record lost ones
     ds = Dataset.create_or_append(
         cfg.out, env_id=cfg.env.id, env=cfg.env.name, action_meanings=action_meanings(env),
-        frame_size=list(obs_shape[:2]), test_fraction=cfg.test_fraction,
+        frame_size=list(obs_shape[:2]), test_fraction=cfg.test_fraction, lives=lives,
     )  # fmt: skip
     env.close()
     first_id = ds.next_id()

@@ -24,7 +24,8 @@ class Segment(NamedTuple):
     obs (B, K+h, 3, H, W) uint8: K context frames then h target frames ·
     act (B, K+h-1) int64: act[:, i] is the action taken at frame i ·
     rew (B, h) float32 and end (B, h) bool: reward and termination of each target step ·
-    mask (B, K+h) bool: False where a frame is padding before the episode's start.
+    mask (B, K+h) bool: False where a frame is padding before the episode's start ·
+    life (B, h) bool: whether the game lost a life at each target step.
     """
 
     obs: torch.Tensor
@@ -32,6 +33,7 @@ class Segment(NamedTuple):
     rew: torch.Tensor
     end: torch.Tensor
     mask: torch.Tensor
+    life: torch.Tensor
 
 
 class SegmentSampler:
@@ -46,17 +48,18 @@ class SegmentSampler:
         self.entries = [e for e in dataset.entries(split) if e["length"] >= horizon]
         if not self.entries:
             raise DataError(f"{dataset.root}: no {split} episodes with at least {horizon} steps")
-        self.small = []  # (actions, rewards, terminated) of each episode, kept in memory
+        self.small = []  # (actions, rewards, terminated, life_lost) of each episode, in memory
+        fields = ("actions", "rewards", "terminated", "life_lost")
         for e in self.entries:
-            d = load_episode(dataset.root / e["file"], fields=("actions", "rewards", "terminated"))
-            self.small.append((d["actions"], d["rewards"], d["terminated"]))
+            d = load_episode(dataset.root / e["file"], fields=fields)
+            self.small.append(tuple(d[k] for k in fields))
         # frame offsets of each episode inside the cache; every step ending a segment is
         # sampled with equal probability
         self.offsets = np.cumsum([0] + [e["length"] + 1 for e in self.entries])
         self.starts = np.array([e["length"] - horizon + 1 for e in self.entries], np.int64)
         self.cum = np.cumsum(self.starts)
         # the small arrays of every episode end to end, for gathering a batch in one go
-        self.flat = [np.concatenate([x[k] for x in self.small]) for k in range(3)]
+        self.flat = [np.concatenate([x[k] for x in self.small]) for k in range(4)]
         self.flat_offsets = np.cumsum([0] + [len(x[0]) for x in self.small])[:-1]
         self.all_frames = self._frame_cache(split)
 
@@ -87,7 +90,8 @@ class SegmentSampler:
 
     def _gather(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
         """Segments with global indices `index` (B,): frames (B, K+h, H, W, 3), actions
-        (B, K+h-1) (NOOP before an episode's start), rewards and ends (B, h), mask (B, K+h)."""
+        (B, K+h-1) (NOOP before an episode's start), rewards and ends (B, h), mask (B, K+h),
+        lost lives (B, h)."""
         i = np.searchsorted(self.cum, index, side="right")  # episode of each segment
         t = index - np.where(i > 0, self.cum[i - 1], 0)  # its last context frame
         idx = t[:, None] + np.arange(-self.K + 1, self.h + 1)  # frame indices in the episode
@@ -95,16 +99,16 @@ class SegmentSampler:
         frames = frames.reshape(len(index), self.K + self.h, *frames.shape[1:])
         off = self.flat_offsets[i][:, None]
         act_idx, tgt = idx[:, :-1], off + t[:, None] + np.arange(self.h)
-        acts, rews, ends = self.flat
+        acts, rews, ends, lost = self.flat
         act = np.where(act_idx >= 0, acts[off + np.clip(act_idx, 0, None)], 0)
-        return frames, act, rews[tgt], ends[tgt], idx >= 0
+        return frames, act, rews[tgt], ends[tgt], idx >= 0, lost[tgt]
 
     def segment(self, index: int) -> tuple[np.ndarray, ...]:
         """The segment with global index `index` in [0, len(self))."""
         return tuple(x[0] for x in self._gather(np.array([index])))
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Segment:
-        obs, act, rew, end, mask = self._gather(rng.integers(0, len(self), batch_size))
+        obs, act, rew, end, mask, life = self._gather(rng.integers(0, len(self), batch_size))
         return Segment(torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
                        torch.from_numpy(act), torch.from_numpy(rew.astype(np.float32)),
-                       torch.from_numpy(end), torch.from_numpy(mask))  # fmt: skip
+                       torch.from_numpy(end), torch.from_numpy(mask), torch.from_numpy(life))  # fmt: skip

@@ -20,6 +20,7 @@ import numpy as np
 
 FORMAT_VERSION = 1
 FIELDS = ("frames", "actions", "rewards", "terminated", "truncated")
+OPTIONAL = ("life_lost",)  # fields that files recorded before them lack: read as all False
 
 
 class DataError(ValueError):
@@ -31,7 +32,9 @@ class Episode:
     """One episode: `frames[t + 1]` is what the game showed after `actions[t]`.
 
     frames (T+1, H, W, 3) uint8 · actions (T,) int64 · rewards (T,) float32 ·
-    terminated (T,) bool · truncated (T,) bool.
+    terminated (T,) bool · truncated (T,) bool · life_lost (T,) bool: the game reported
+    fewer lives after the step (always False for games without lives, and in files recorded
+    before worldsim kept it).
     """
 
     frames: np.ndarray
@@ -39,6 +42,11 @@ class Episode:
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+    life_lost: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.life_lost is None:
+            self.life_lost = np.zeros(len(self.actions), bool)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -51,7 +59,7 @@ class Episode:
             )
         if len(f) != T + 1:
             raise DataError(f"{where}: {len(f)} frames for {T} actions; expected {T + 1}")
-        for name in FIELDS[2:]:
+        for name in (*FIELDS[2:], *OPTIONAL):
             if len(getattr(self, name)) != T:
                 raise DataError(
                     f"{where}: {name} has {len(getattr(self, name))} entries, expected {T}"
@@ -82,20 +90,24 @@ def save_episode(path: Path, ep: Episode) -> None:
         "rewards": ep.rewards.astype(np.float32),
         "terminated": ep.terminated.astype(bool),
         "truncated": ep.truncated.astype(bool),
+        "life_lost": ep.life_lost.astype(bool),
     }
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def load_episode(path: Path, fields: tuple[str, ...] = FIELDS) -> Episode | dict:
-    """Read an episode file; a damaged one raises one DataError naming the file."""
+def load_episode(path: Path, fields: tuple[str, ...] = FIELDS + OPTIONAL) -> Episode | dict:
+    """Read an episode file; a damaged one raises one DataError naming the file. Optional
+    fields an older file lacks come back as all False."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in fields}
+            data = {k: z[k] for k in fields if k in z.files or k not in OPTIONAL}
+            for k in set(fields) - set(data):
+                data[k] = np.zeros(len(z["actions"]), bool)
     except FileNotFoundError:
         raise DataError(f"{path}: episode file is missing") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: not a readable episode file ({type(e).__name__}: {e})") from None
-    if fields != FIELDS:
+    if set(fields) != set(FIELDS + OPTIONAL):
         return data
     ep = Episode(**data)
     ep.check(str(path))
@@ -140,11 +152,14 @@ class Dataset:
         root = Path(root)
         if (root / "manifest.json").exists():
             ds = cls.open(root)
-            for key in ("env_id", "frame_size", "action_meanings", "test_fraction"):
-                if ds.meta[key] != meta[key]:
+            for key in ("env_id", "frame_size", "action_meanings", "test_fraction", "lives"):
+                if ds.meta.get(key, False) != meta.get(key, False):
                     raise DataError(
-                        f"{root}: holds {key}={ds.meta[key]!r}, cannot append {key}={meta[key]!r}"
-                    )
+                        f"{root}: holds {key}={ds.meta.get(key, False)!r}, cannot append "
+                        f"{key}={meta.get(key, False)!r}"
+                        + (" (it was recorded before worldsim kept lost lives; record a new "
+                           "dataset)" if key == "lives" else "")
+                    )  # fmt: skip
             return ds
         (root / "episodes").mkdir(parents=True, exist_ok=True)
         ds = cls(root, {"format": FORMAT_VERSION, **meta, "episodes": []})
@@ -200,6 +215,11 @@ class Dataset:
     @property
     def action_meanings(self) -> list[str]:
         return list(self.meta["action_meanings"])
+
+    @property
+    def lives(self) -> bool:
+        """Whether the game reported lives, so `life_lost` says where one was lost."""
+        return bool(self.meta.get("lives", False))
 
     def summary(self) -> str:
         lines = [f"dataset   {self.root}", f"game      {self.meta['env_id']}",

@@ -16,17 +16,21 @@ class RewardConfig:
     channels: tuple[int, ...] = (32, 64, 64)
     """Channels of its stride-2 convolutions."""
     end_weight: float = 5.0
-    """Weight of the (rare) positive class in the episode-end loss."""
+    """Weight of the (rare) positive class in the episode-end and lost-life losses."""
+    life_head: bool = False
+    """Also predict whether the step lost a life, for games that report lives (their data
+    records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""
 
 
 class RewardEndModel(nn.Module):
     """(obs (B, K, 3, H, W), action (B,), next (B, 3, H, W)) in [-1, 1] -> (reward logits
-    (B, n_rewards), end logit (B,)). Reward classes are the distinct rewards seen in training.
+    (B, n_rewards), end logit (B,), lost-life logit (B,)). Reward classes are the distinct
+    rewards seen in training. Without `life_head` the lost-life logit is -inf (never).
 
     >>> m = RewardEndModel(RewardConfig((8, 8)), context=2, num_actions=3, num_rewards=4)
-    >>> r, e = m(torch.zeros(5, 2, 3, 16, 16), torch.zeros(5, dtype=torch.long), torch.zeros(5, 3, 16, 16))
-    >>> r.shape, e.shape
-    (torch.Size([5, 4]), torch.Size([5]))
+    >>> r, e, l = m(torch.zeros(5, 2, 3, 16, 16), torch.zeros(5, dtype=torch.long), torch.zeros(5, 3, 16, 16))
+    >>> r.shape, e.shape, l.shape, bool((l > 0).any())
+    (torch.Size([5, 4]), torch.Size([5]), torch.Size([5]), False)
     """
 
     def __init__(self, cfg: RewardConfig, context: int, num_actions: int, num_rewards: int):
@@ -41,18 +45,28 @@ class RewardEndModel(nn.Module):
             c = c_out
         self.convs = nn.Sequential(*layers)
         self.act_emb = nn.Embedding(num_actions, c)
-        self.head = nn.Sequential(nn.Linear(2 * c, 128), nn.SiLU(), nn.Linear(128, num_rewards + 1))
+        self.life_head = cfg.life_head
+        n_out = num_rewards + 1 + int(cfg.life_head)
+        self.head = nn.Sequential(nn.Linear(2 * c, 128), nn.SiLU(), nn.Linear(128, n_out))
+        self.num_rewards = num_rewards
 
-    def forward(self, obs, action, nxt) -> tuple[torch.Tensor, torch.Tensor]:
-        B = obs.shape[0]
+    def forward(self, obs, action, nxt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, n = obs.shape[0], self.num_rewards
         h = self.convs(torch.cat([obs.reshape(B, -1, *obs.shape[-2:]), nxt], dim=1))
         h = torch.cat([h.amax(dim=(2, 3)), self.act_emb(action)], dim=1)
         out = self.head(h)
-        return out[:, :-1], out[:, -1]
+        life = out[:, n + 1] if self.life_head else out.new_full((B,), float("-inf"))
+        return out[:, :n], out[:, n], life
 
-    def loss(self, obs, action, nxt, reward_idx, end, end_weight: float) -> torch.Tensor:
-        r_logits, e_logit = self(obs, action, nxt)
+    def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None) -> torch.Tensor:
+        """Reward cross-entropy plus the end (and lost-life) binary cross-entropies."""
+        r_logits, e_logit, l_logit = self(obs, action, nxt)
         pos_weight = torch.tensor(end_weight, device=obs.device)
-        return F.cross_entropy(r_logits, reward_idx) + F.binary_cross_entropy_with_logits(
+        loss = F.cross_entropy(r_logits, reward_idx) + F.binary_cross_entropy_with_logits(
             e_logit, end.float(), pos_weight=pos_weight
         )
+        if self.life_head:
+            loss = loss + F.binary_cross_entropy_with_logits(
+                l_logit, life.float(), pos_weight=pos_weight
+            )
+        return loss

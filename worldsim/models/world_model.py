@@ -47,13 +47,19 @@ class WorldModel(nn.Module):
         """Class of each reward: the nearest of the known reward values."""
         return (rewards[:, None] - self.reward_values[None]).abs().argmin(dim=1)
 
-    def forward(self, obs, act, rew, end, generator=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """obs (B, K+1, 3, H, W) uint8, act (B, K), rew (B,), end (B,) -> loss, metrics."""
+    def forward(self, obs, act, rew, end, generator=None, life=None, denoiser: bool = True
+                ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+        """obs (B, K+1, 3, H, W) uint8, act (B, K), rew (B,), end (B,), life (B,) -> loss,
+        metrics. `denoiser=False` leaves the denoiser out (training the reward model alone);
+        the metric `loss` is then the reward model's."""
         K = self.cfg.denoiser.context
         frames = to_unit(obs)
         ctx, x0 = frames[:, :K], frames[:, K]
-        loss_d = self.denoiser.loss(x0, ctx, act, generator)
+        life = torch.zeros_like(end) if life is None else life
         loss_r = self.reward.loss(
-            ctx, act[:, -1], x0, self.reward_index(rew), end, self.cfg.reward.end_weight
+            ctx, act[:, -1], x0, self.reward_index(rew), end, self.cfg.reward.end_weight, life
         )
+        if not denoiser:
+            return loss_r, {"loss": loss_r.item(), "reward_loss": loss_r.item()}
+        loss_d = self.denoiser.loss(x0, ctx, act, generator)
         return loss_d + loss_r, {"loss": loss_d.item(), "reward_loss": loss_r.item()}

@@ -1,0 +1,188 @@
+"""Lost lives: recorded at collection, learned by the reward/end model, and (on request) the
+end of an RL episode in the world and in the real game, with the game going on after it."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN
+
+from worldsim import checkpoint as ckpt
+from worldsim.bundle import BundleConfig, bundle, knows_lives, load_world
+from worldsim.config import load_config
+from worldsim.data.collect import play_episode
+from worldsim.data.store import DataError, Dataset, Episode, load_episode, save_episode
+from worldsim.env import WorldModelEnv
+from worldsim.games import EnvConfig, make_env
+from worldsim.policies import Policy, PolicyConfig
+from worldsim.rl import EndOnLifeLoss
+from worldsim.train import TrainConfig, Trainer
+from worldsim.vector_env import WorldModelVectorEnv
+
+
+def test_collection_records_each_lost_life(bricks_data):
+    assert bricks_data.lives  # Bricks reports lives, so the dataset says it recorded them
+    env = make_env(EnvConfig())
+    ep = play_episode(env, Policy(PolicyConfig("random"), env, np.random.default_rng(0)), 0, 5000)
+    assert ep.terminated[-1] and ep.life_lost.sum() == 3 and ep.life_lost[-1]  # three balls
+    back = bricks_data.load(bricks_data.entries()[0])
+    assert back.life_lost.dtype == bool and len(back.life_lost) == len(back)
+
+
+def test_episodes_recorded_before_lives_read_as_no_lost_life(tmp_path):
+    T = 5
+    ep = Episode(np.zeros((T + 1, 8, 8, 3), np.uint8), np.zeros(T, np.int64),
+                 np.zeros(T, np.float32), np.zeros(T, bool), np.zeros(T, bool))  # fmt: skip
+    save_episode(tmp_path / "ep.npz", ep)
+    with np.load(tmp_path / "ep.npz") as z:  # an older file: the same without life_lost
+        old = {k: z[k] for k in z.files if k != "life_lost"}
+    np.savez_compressed(tmp_path / "old.npz", **old)
+    back = load_episode(tmp_path / "old.npz")
+    assert back.life_lost.dtype == bool and not back.life_lost.any() and len(back.life_lost) == T
+
+
+def test_appending_lives_to_a_dataset_recorded_without_them_is_refused(tmp_path):
+    meta = dict(env_id="x", env="x", action_meanings=["A"], frame_size=[8, 8], test_fraction=0.0)
+    Dataset.create_or_append(tmp_path / "d", **meta)
+    with pytest.raises(DataError, match="cannot append lives=True"):
+        Dataset.create_or_append(tmp_path / "d", **meta, lives=True)
+
+
+@pytest.fixture(scope="module")
+def reward_run(bricks32, tiny_world, tmp_path_factory):
+    """The tiny world's reward/end model refitted alone (denoiser kept) for 60 steps."""
+    out = tmp_path_factory.mktemp("runs") / "reward"
+    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={out}", *TINY_TRAIN,
+                                             f"init={tiny_world}", "reward_only=true", "steps=60",
+                                             "batch_size=16", "ckpt_every=60"])  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.fit()
+    return trainer
+
+
+def test_reward_only_training_keeps_the_denoiser_and_lowers_the_reward_loss(reward_run, tiny_world):
+    teacher = ckpt.load_tensors(tiny_world / "teacher.safetensors")
+    for name, w in reward_run.model.denoiser.state_dict().items():
+        assert torch.equal(w, teacher[f"denoiser.{name}"].float()), name
+    for name, w in reward_run.ema.denoiser.state_dict().items():
+        assert torch.equal(w, teacher[f"denoiser.{name}"].float()), name
+    losses = [json.loads(line)["reward_loss"] for line in open(reward_run.run / "log.jsonl")]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_a_world_refitted_with_lives_keeps_its_student_and_knows_lives(
+    reward_run, tiny_world, tmp_path
+):
+    out = bundle(
+        BundleConfig(run=str(reward_run.run), student=str(tiny_world), out=str(tmp_path / "w"))
+    )
+    assert knows_lives(out) and not knows_lives("maze")
+    w, old = load_world(out), load_world(tiny_world)
+    assert w.meta["student"] == old.meta["student"]
+    for (name, a), b in zip(
+        w.student.state_dict().items(), old.student.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_init_from_a_world_of_another_denoiser_is_refused(bricks32, tmp_path):
+    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path / 'r'}",
+                                             "init=bricks", "reward_only=true", *TINY_TRAIN])  # fmt: skip
+    with pytest.raises(ckpt.CheckpointError, match="denoiser config differs"):
+        Trainer(cfg)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def lossy_world(tiny_world, tmp_path_factory):
+    """The tiny world with its end model set to 'never' and its lost-life output to 'always'."""
+    out = tmp_path_factory.mktemp("worlds") / "lossy"
+    shutil.copytree(tiny_world, out)
+    meta = json.loads((out / "world.json").read_text())
+    assert meta["model"]["reward"]["life_head"]
+    meta["lives"] = True
+    (out / "world.json").write_text(json.dumps(meta))
+    w = ckpt.load_tensors(out / "teacher.safetensors")
+    n = len(meta["reward_values"])
+    w["reward.head.2.weight"][n:] = 0
+    w["reward.head.2.bias"][n], w["reward.head.2.bias"][n + 1] = -100, 100
+    ckpt.save_tensors(out / "teacher.safetensors", w)
+    return out
+
+
+def test_end_on_life_loss_needs_a_world_that_knows_lives(tiny_world, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_world, plain)
+    meta = json.loads((plain / "world.json").read_text())
+    meta["lives"] = False
+    (plain / "world.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match="end_on_life_loss=True needs a world that predicts lost lives"
+    ):
+        WorldModelEnv(str(plain), end_on_life_loss=True)
+    WorldModelEnv(str(plain))  # without the option it is an ordinary world
+
+
+def test_an_episode_ended_by_a_lost_life_goes_on_from_there(lossy_world):
+    env = WorldModelEnv(str(lossy_world), end_on_life_loss=True, max_episode_steps=3)
+    env.reset(seed=0)
+    obs, _, term, trunc, info = env.step(1)
+    assert term and not trunc and info["life_lost"]
+    again, info = env.reset()  # no new start: the same moment
+    assert np.array_equal(again, obs) and info["step"] == 1
+    env.step(2)
+    env.reset()
+    obs, _, term, trunc, _ = env.step(3)  # the step count ran on across the resets
+    assert term and trunc
+    starts = {s[-1].tobytes() for s in env.bundle.start_frames.numpy()}
+    assert env.reset()[0].tobytes() in starts  # after a time limit: a fresh start
+    plain = WorldModelEnv(str(lossy_world))  # without the option lost lives are only reported
+    plain.reset(seed=0)
+    _, _, term, _, info = plain.step(1)
+    assert not term and info["life_lost"]
+
+
+def test_vector_env_goes_on_after_lost_lives_like_single_envs(lossy_world):
+    actions = np.random.default_rng(3).integers(0, 4, (6, 2))
+    venv = WorldModelVectorEnv(
+        2, str(lossy_world), end_on_life_loss=True, autoreset_mode="same_step"
+    )
+    obs, _ = venv.reset(seed=7)
+    seen = [obs]
+    for a in actions:
+        obs, _, term, _, info = venv.step(a)
+        assert term.all() and info["life_lost"].all()
+        assert all(np.array_equal(o, f) for o, f in zip(obs, info["final_obs"], strict=True))
+        seen.append(obs)
+    single = WorldModelEnv(str(lossy_world), end_on_life_loss=True)
+    for i in range(2):
+        frames = [single.reset(seed=7 + i)[0]]
+        for a in actions[:, i]:
+            single.step(int(a))
+            frames.append(single.reset()[0])  # terminated: go on, as autoreset does
+        diff = np.abs(np.stack(frames).astype(int) - np.stack(seen)[:, i].astype(int))
+        assert diff.mean() < 0.05 and diff.max() <= 8
+    nxt = WorldModelVectorEnv(2, str(lossy_world), end_on_life_loss=True)  # next_step autoreset
+    nxt.reset(seed=7)
+    obs, _, term, _, _ = nxt.step(actions[0])
+    again, rew, term2, _, _ = nxt.step(actions[1])  # the reset step: nothing moves
+    assert term.all() and not term2.any() and np.array_equal(again, obs) and (rew == 0).all()
+
+
+def test_real_game_episodes_end_at_each_lost_life_and_the_game_goes_on():
+    env = EndOnLifeLoss(make_env(EnvConfig()))
+    obs, info = env.reset(seed=0)
+    rng, ends, lives = np.random.default_rng(0), 0, [info["lives"]]
+    for _ in range(5000):
+        obs, _, term, trunc, info = env.step(int(rng.integers(4)))
+        if term:
+            ends += 1
+            if info["lives"] == 0:
+                break
+            again, info = env.reset()
+            assert np.array_equal(again, obs)
+            lives.append(info["lives"])
+    assert ends == 3 and lives == [3, 2, 1]
+    assert env.reset()[1]["lives"] == 3  # the game ended: a new one
