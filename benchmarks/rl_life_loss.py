@@ -8,7 +8,10 @@ agent trained in it does not learn to keep the paddle under the ball. This exper
 gives the dream agent the usual Atari signal instead: an episode ends whenever a life is
 lost (like SB3's EpisodicLifeEnv: done=True, no reset). Lives are read from the dream's
 own frames, from Bricks' HUD (a red 3x2 bar per life, top right), so this script is
-Bricks-specific; a general version needs the reward/end model to learn life losses.
+Bricks-specific. The general version is built in now: worlds whose reward/end model learned
+lost lives (`model.reward.life_head`, from data that recorded them) end RL episodes there
+with `worldsim rl life_loss=auto` (the default); this script stays as the experiment that
+showed the signal was what the dream agent lacked.
 Everything else is `worldsim rl`'s setup: 16 worlds in bf16, 4 stacked frames, PPO with
 RL Zoo's Atari settings, scored over 20 real-game episodes beside random play.
 Writes <out>.json and <out>_agent.zip; prints the result.

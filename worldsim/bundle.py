@@ -92,7 +92,8 @@ def bundle(cfg: BundleConfig) -> Path:
             "model": state["model"], "keys_to_action": _keymap(state["env_id"]),
             "lives": bool(state.get("lives")) and model_cfg.reward.life_head,
             "env": {**state["config"].get("env", {}), "id": state["env_id"], "frame_size": state["frame_size"][0]},
-            "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"]}}  # fmt: skip
+            "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"],
+                       **({"init": state["config"]["init"]} if state["config"].get("init") else {})}}  # fmt: skip
 
     def files(tmp: Path) -> None:
         teacher = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
