@@ -123,6 +123,11 @@ def test_end_on_life_loss_needs_a_world_that_knows_lives(tiny_world, tmp_path):
     ):
         WorldModelEnv(str(plain), end_on_life_loss=True)
     WorldModelEnv(str(plain))  # without the option it is an ordinary world
+    from worldsim.rl import RLConfig, train_rl
+
+    with pytest.raises(ValueError, match="life_loss=on needs a world that predicts lost lives"):
+        train_rl(RLConfig(world=str(plain), life_loss="on", out=str(tmp_path / "rl")))
+    assert not (tmp_path / "rl").exists()
 
 
 def test_an_episode_ended_by_a_lost_life_goes_on_from_there(lossy_world):

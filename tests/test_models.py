@@ -125,3 +125,17 @@ def test_group_norm_keeps_bf16_channels_last_and_matches_fp32():
     # exactly fp32's normalisation of the bf16 input, rounded once
     assert torch.equal(y, torch.nn.functional.group_norm(x.bfloat16().float(), 16).bfloat16())
     assert (y.float() - torch.nn.functional.group_norm(x, 16)).abs().max() < 0.05
+
+
+def test_inference_in_place_path_gives_exactly_the_training_path_values():
+    from worldsim.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8), 15, 3)
+    for p in net.parameters():  # zero-initialised layers would hide the blocks' work
+        torch.nn.init.normal_(p, std=0.2)
+    x, cond = torch.randn(2, 15, 16, 16), torch.randn(2, 8)
+    with torch.enable_grad():
+        trained = net(x, cond).detach()
+    with torch.no_grad():
+        assert torch.equal(net(x, cond), trained)

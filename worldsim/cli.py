@@ -170,11 +170,9 @@ def _command_help(name: str, desc: str, cls) -> str:
     return "\n".join(lines)
 
 
-HEAVY = (
-    "train",
-    "distill",
-    "eval",
-)  # commands that run the networks long enough to gain from tcmalloc
+# commands that run the networks long enough to gain from tcmalloc (world steps included:
+# 376 against 360 frames/s at 32 bf16 worlds, 95 against 79 at one, BENCHMARKS.md)
+HEAVY = ("train", "distill", "eval", "rl", "record", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

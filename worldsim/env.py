@@ -47,14 +47,19 @@ def check_context(
     return torch.from_numpy(frames.copy()), torch.from_numpy(actions.astype(np.int64))
 
 
+LIVES_HINT = (
+    "its game reports no lives, or its data was recorded before worldsim kept them "
+    "(record it again, then: worldsim train init=<world> reward_only=true data=<data>)"
+)
+
+
 def load_checked(world, frame_size: int | None, num_actions: int | None, device,
                  end_on_life_loss: bool = False) -> WorldBundle:  # fmt: skip
     bundle = load_world(world, device)
     if end_on_life_loss and not bundle.lives:
         raise ValueError(
-            f"end_on_life_loss=True needs a world that predicts lost lives; {bundle.path} does not "
-            "(fit its reward model to data recorded with lives: worldsim train init=<world> "
-            "reward_only=true data=<data>)"
+            f"end_on_life_loss=True needs a world that predicts lost lives; {bundle.path} does not: "
+            f"{LIVES_HINT}"
         )
     h, w = bundle.frame_size
     if frame_size is not None and (h, w) != (frame_size, frame_size):

@@ -203,10 +203,15 @@ def train_rl(cfg: RLConfig) -> dict:
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
     from worldsim.bundle import knows_lives
+    from worldsim.env import LIVES_HINT
     from worldsim.sb3 import WorldVecEnv
     from worldsim.video import write_mp4
 
-    life = cfg.life_loss == "on" or (cfg.life_loss == "auto" and knows_lives(cfg.world))
+    life = cfg.life_loss != "off" and knows_lives(cfg.world)
+    if cfg.life_loss == "on" and not life:
+        raise ValueError(
+            f"life_loss=on needs a world that predicts lost lives; {cfg.world} does not: {LIVES_HINT}"
+        )
     venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
                        max_episode_steps=cfg.max_episode_steps, device=cfg.device,
                        precision=cfg.precision, end_on_life_loss=life)  # fmt: skip

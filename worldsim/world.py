@@ -11,7 +11,7 @@ from torch import nn
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
 from worldsim.models.world_model import to_uint8, to_unit
-from worldsim.runtime import check_precision
+from worldsim.runtime import check_precision, keep_freed_memory
 
 
 def bf16_weights(net: nn.Module) -> nn.Module:
@@ -83,6 +83,8 @@ class World:
             )
         self.model = bundle.model
         self.device = next(self.model.parameters()).device
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self._bf16: dict[str, Denoiser] = {}  # bfloat16-weight copies, made when first used
         self.frames: torch.Tensor | None = None
         self.actions: torch.Tensor | None = None

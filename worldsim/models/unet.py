@@ -68,9 +68,16 @@ class AdaGroupNorm(nn.Module):
         self.norm = GroupNorm(_groups(c), c, affine=False)
         self.proj = nn.Linear(cond_dim, 2 * c)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        """Normalise, scale and shift x (then SiLU, with `silu`). Without autograd the
+        scale, shift and SiLU work in place on the normalised tensor: the same values, with
+        less memory traffic at large batches."""
         scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
-        return self.norm(x) * (1 + scale) + shift
+        if torch.is_grad_enabled():
+            y = self.norm(x) * (1 + scale) + shift
+            return F.silu(y) if silu else y
+        y = self.norm(x).mul_(1 + scale).add_(shift)
+        return F.silu(y, inplace=True) if silu else y
 
 
 class ResBlock(nn.Module):
@@ -84,8 +91,8 @@ class ResBlock(nn.Module):
         self.attn = SelfAttention(c_out) if attention else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, cond)))
-        h = self.conv2(F.silu(self.norm2(h, cond)))
+        h = self.conv1(self.norm1(x, cond, silu=True))
+        h = self.conv2(self.norm2(h, cond, silu=True))
         x = self.skip(x) + h
         return self.attn(x) if self.attn is not None else x
 
