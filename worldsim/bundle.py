@@ -68,7 +68,7 @@ class WorldBundle:
     @property
     def lives(self) -> bool:
         """Whether the reward/end model predicts lost lives (learned from data with lives)."""
-        return bool(self.meta.get("lives")) and self.model.cfg.reward.life_head
+        return _knows_lives(self.meta)
 
 
 def bundle(cfg: BundleConfig) -> Path:
@@ -207,7 +207,10 @@ def resolve(world: str | Path) -> Path:
 
 def knows_lives(world: str | Path) -> bool:
     """Whether a world (folder or shipped name) predicts lost lives, read from its world.json."""
-    meta = ckpt.load_json(resolve(world) / "world.json")
+    return _knows_lives(ckpt.load_json(resolve(world) / "world.json"))
+
+
+def _knows_lives(meta: dict) -> bool:
     return bool(meta.get("lives")) and from_dict(ModelConfig, meta["model"]).reward.life_head
 
 

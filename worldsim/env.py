@@ -105,8 +105,9 @@ class WorldModelEnv(gym.Env):
     `world`: a shipped world's name or a world folder. `sampler`/`steps`: how frames are
     drawn (`onestep`, `multistep`, `euler`, `heun`; default one-step when the world has a
     student). `max_episode_steps` (1000). `render_mode`: `rgb_array` or `human`.
-    `end_on_life_loss`: see Episode End. `device`: `cpu` or `cuda`. `precision`: `fp32` (default) or `bf16` (the denoiser under
-    bfloat16 autocast: faster batches on CPUs with AMX and on GPUs). `frame_size`/`num_actions`: if given, the world must match.
+    `end_on_life_loss`: see Episode End. `device`: `cpu` or `cuda`. `precision`: `fp32`
+    (default) or `bf16` (the denoiser under bfloat16 autocast: faster batches on CPUs with
+    AMX and on GPUs). `frame_size`/`num_actions`: if given, the world must match.
     `reset(options={"frames": (K, H, W, 3) uint8, "actions": (K,)})` starts the dream from
     any real moment (`actions[i]` produced `frames[i]`); otherwise from one of the world's
     recorded starts.
