@@ -158,7 +158,7 @@ class Dataset:
                         f"{root}: holds {key}={ds.meta.get(key, False)!r}, cannot append "
                         f"{key}={meta.get(key, False)!r}"
                         + (" (it was recorded before worldsim kept lost lives; record a new "
-                           "dataset)" if key == "lives" else "")
+                           "dataset)" if key == "lives" and not ds.lives else "")
                     )  # fmt: skip
             return ds
         (root / "episodes").mkdir(parents=True, exist_ok=True)
