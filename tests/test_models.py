@@ -127,15 +127,50 @@ def test_group_norm_keeps_bf16_channels_last_and_matches_fp32():
     assert (y.float() - torch.nn.functional.group_norm(x, 16)).abs().max() < 0.05
 
 
-def test_inference_in_place_path_gives_exactly_the_training_path_values():
+@pytest.mark.parametrize("stem", [1, 2, 4])
+def test_inference_path_gives_the_training_path_values(stem):
+    """Without autograd the network works in place, fuses the adaptive scale and shift into
+    one multiply-add and runs pixel-unshuffle + stem conv as one strided convolution: the
+    same function, equal up to fp32 rounding."""
     from worldsim.models.unet import UNet
 
     torch.manual_seed(0)
-    net = UNet(UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8), 15, 3)
+    cfg = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8, stem=stem)
+    net = UNet(cfg, 15, 3)
     for p in net.parameters():  # zero-initialised layers would hide the blocks' work
         torch.nn.init.normal_(p, std=0.2)
-    x, cond = torch.randn(2, 15, 16, 16), torch.randn(2, 8)
+    x, cond = torch.randn(2, 15, 32, 32), torch.randn(2, 8)
     with torch.enable_grad():
         trained = net(x, cond).detach()
     with torch.no_grad():
-        assert torch.equal(net(x, cond), trained)
+        inferred = net(x, cond)
+    assert inferred.shape == trained.shape
+    torch.testing.assert_close(inferred, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_bf16_group_norm_matches_fp32():
+    """Large bf16 channels-last inputs with 6 channels per group are normalised as x*a + b
+    from fp32 sums when no gradient is needed; the result stays within bf16 rounding."""
+    from worldsim.models.unet import AdaGroupNorm, GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(16, 96)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(32, 96, 16, 16) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    xb = x.bfloat16()
+    with torch.no_grad():
+        assert norm.fuse(xb) and not norm.fuse(xb[:2])
+        y = norm(xb)
+        ref = torch.nn.functional.group_norm(
+            xb.double(), 16, norm.weight.double(), norm.bias.double()
+        )
+        assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+        assert (y.double() - ref).abs().max() < 0.06  # bf16 spacing at |y| ~ 4-8 is 0.03
+        ada = AdaGroupNorm(96, 8)
+        cond = torch.randn(32, 8)
+        scale, shift = ada.proj(cond)[:, :, None, None].double().chunk(2, dim=1)
+        want = torch.nn.functional.silu(
+            torch.nn.functional.group_norm(xb.double(), 16) * (1 + scale) + shift
+        )
+        assert (ada(xb, cond, silu=True).double() - want).abs().max() < 0.06

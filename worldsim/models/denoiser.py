@@ -97,9 +97,11 @@ class Denoiser(nn.Module):
         return self.net(inp, cond), s
 
     def forward(self, x, sigma, obs, act, sigma_ctx) -> torch.Tensor:
-        base = obs[:, -1] if self.cfg.residual else torch.zeros_like(x)
-        y = x - base
-        F_y, s = self.raw(y, sigma, obs, act, sigma_ctx)
+        if not self.cfg.residual:
+            F_x, s = self.raw(x, sigma, obs, act, sigma_ctx)
+            return s.c_skip.view(-1, 1, 1, 1) * x + s.c_out.view(-1, 1, 1, 1) * F_x
+        base = obs[:, -1]
+        F_y, s = self.raw(x - base, sigma, obs, act, sigma_ctx)
         c_skip, c_out = s.c_skip.view(-1, 1, 1, 1), s.c_out.view(-1, 1, 1, 1)
         # = base + c_skip (x - base) + c_out F, written so that c_skip = 1, c_out = 0 gives x exactly
         return c_skip * x + (1 - c_skip) * base + c_out * F_y
