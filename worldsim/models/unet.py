@@ -199,7 +199,8 @@ class UNet(nn.Module):
         """Pixel-unshuffle by `stem`, then the stem convolution. Without autograd both run as
         one convolution of the full-resolution input (kernel 3r, stride r, weights rearranged),
         fed in the layout and precision the network runs in: the same result, without the
-        unshuffle's strided copy (~5% of a bf16 step at batch 32 on the 2-core CPU)."""
+        unshuffle's strided copy, the cast and an NCHW convolution (together ~4 ms of a
+        bf16 batch-32 forward on the 2-core CPU, ~2.3 ms after)."""
         r = self.cfg.stem
         if r == 1:
             return self.stem(x)
