@@ -1,5 +1,7 @@
 """Closed-form oracles for the denoiser's maths, and that training lowers the loss."""
 
+import copy
+
 import pytest
 import torch
 
@@ -146,6 +148,32 @@ def test_inference_path_gives_the_training_path_values(stem):
         inferred = net(x, cond)
     assert inferred.shape == trained.shape
     torch.testing.assert_close(inferred, trained, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_add_matches_conv_then_add(dtype):
+    """The residual add done by the convolution (large channels-last inputs, no autograd)
+    gives conv(x) + other up to rounding, in the input layout, leaving `other` as it was."""
+    from worldsim.models import unet
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype, memory_format=torch.channels_last)
+    cl = torch.channels_last
+    x = torch.randn(4, 64, 32, 32).to(dtype, memory_format=cl)
+    other = torch.randn(4, 64, 32, 32).to(dtype, memory_format=cl)
+    kept = other.clone()
+    assert other.numel() >= unet.CONV_ADD_MIN and unet._CONV_ADD is not None  # fused here
+    ref = copy.deepcopy(conv).float()
+    with torch.no_grad():
+        got = unet.conv_add(conv, x, other)
+        want = ref(x.float()) + other.float()
+        xs, os = x[:1, :, :8, :8].contiguous(memory_format=cl), other[:1, :, :8, :8]
+        small = unet.conv_add(conv, xs, os)  # the plain path
+        want_small = ref(xs.float()) + os.float()
+    assert got.dtype == dtype and got.is_contiguous(memory_format=cl) and torch.equal(other, kept)
+    tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16 spacing at |y| ~ 4-8 is 0.03
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(small.float(), want_small, rtol=tol, atol=tol)
 
 
 def test_fused_bf16_group_norm_matches_fp32():
