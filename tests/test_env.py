@@ -85,9 +85,12 @@ def test_vector_env_is_batched_and_env_i_matches_a_single_env(tiny_world):
     assert (~ended[:5]).any()  # the comparison covered real steps
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("mode", ["next_step", "same_step"])
-def test_vector_env_autoreset(tiny_world, mode):
-    venv = WorldModelVectorEnv(3, str(tiny_world), max_episode_steps=3, autoreset_mode=mode)
+def test_vector_env_autoreset(tiny_world, mode, precision):
+    venv = WorldModelVectorEnv(
+        3, str(tiny_world), max_episode_steps=3, autoreset_mode=mode, precision=precision
+    )
     starts = {s[-1].tobytes() for s in venv.bundle.start_frames.numpy()}
     venv.reset(seed=0)
     prev_done, since_start = np.zeros(3, bool), np.zeros(3, int)
