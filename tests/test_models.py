@@ -150,6 +150,28 @@ def test_inference_path_gives_the_training_path_values(stem):
     torch.testing.assert_close(inferred, trained, rtol=1e-5, atol=1e-5)
 
 
+def test_joined_projections_follow_weight_updates():
+    """Without autograd the adaptive norms' projections come from one joined fp32 product;
+    when training (or an EMA) changes the weights in place, inference must see the change."""
+    from worldsim.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8), 15, 3)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, cond = torch.randn(2, 15, 32, 32), torch.randn(2, 8)
+    with torch.no_grad():
+        before = net(x, cond)
+        for name, p in net.named_parameters():
+            if ".proj." in name:
+                p.mul_(1.5)
+        after = net(x, cond)
+    with torch.enable_grad():
+        trained = net(x, cond).detach()
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, trained, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_conv_add_matches_conv_then_add(dtype):
     """The residual add done by the convolution (large channels-last inputs, no autograd)
