@@ -1,6 +1,7 @@
 """Benchmark: how fast a world runs on this machine, batched and live.
 
     python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep] [--precision fp32 bf16]
+        [--vector-only] [--sizes 1 32] [--seconds 6]
 
 Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128; a 10,000-step single-env
 rollout (finite, in range, memory before/after); and headless play's achieved FPS over
@@ -85,6 +86,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="where the vector env runs (cpu, cuda)")
     p.add_argument("--vector-only", action="store_true", help="only the N = 1..128 table")
     p.add_argument(
+        "--sizes", type=int, nargs="+", default=[1, 8, 32, 128], help="N values of the table"
+    )
+    p.add_argument(
+        "--seconds", type=float, default=5.0, help="least timed seconds per N and precision"
+    )
+    p.add_argument(
         "--precision",
         default="fp32",
         nargs="+",
@@ -99,9 +106,11 @@ def main() -> None:
     precisions = [args.precision] if isinstance(args.precision, str) else args.precision
     print("| N | " + " | ".join(f"frames/s {p}" for p in precisions) + " |")
     print("|---|" + "---|" * len(precisions))
-    for n in (1, 8, 32, 128):
-        fps = [vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p)
-               for p in precisions]  # fmt: skip
+    if min(args.sizes) < 1 or args.seconds <= 0:
+        p.error(f"--sizes must be >= 1 and --seconds > 0, got {args.sizes} and {args.seconds}")
+    for n in args.sizes:
+        fps = [vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p,
+                          args.seconds) for p in precisions]  # fmt: skip
         print(f"| {n} | " + " | ".join(f"{f:.1f}" for f in fps) + " |", flush=True)
     if args.vector_only:
         return
