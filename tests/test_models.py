@@ -129,6 +129,61 @@ def test_group_norm_keeps_bf16_channels_last_and_matches_fp32():
     assert (y.float() - torch.nn.functional.group_norm(x, 16)).abs().max() < 0.05
 
 
+def test_group_norm_routes_only_the_slow_bf16_kernel_cases_through_fp32():
+    """PyTorch's bf16 channels-last kernel is slow below 1024 pixels with under 16 channels
+    per group; those inputs (and only those) take the fp32 route, with fp32's values."""
+    from worldsim.models.unet import GroupNorm
+
+    cl = torch.channels_last
+    for groups, side, slow in [(8, 16, True), (8, 8, True), (8, 32, False), (4, 8, False)]:
+        norm = GroupNorm(groups, 64)
+        torch.nn.init.normal_(norm.weight)
+        x = torch.randn(2, 64, side, side).to(torch.bfloat16, memory_format=cl)
+        assert norm.slow(x) == slow and not norm.slow(x.float())
+        with torch.no_grad():
+            y = norm(x)
+            fp32 = torch.nn.functional.group_norm(x.float(), groups, norm.weight, norm.bias)
+        assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=cl)
+        if slow:
+            assert torch.equal(y, fp32.bfloat16())
+        assert (y.float() - fp32).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("stem,residual", [(1, False), (2, False), (2, True), (4, False)])
+def test_packed_context_gives_the_plain_context_values(stem, residual):
+    """`World` keeps its context `pack`ed by the stem; the denoiser and the reward model read
+    it so (the reward model's first convolution re-folded for the packed layout where its
+    stride allows, unpacked otherwise) with the values plain frames give, up to rounding."""
+    from worldsim.models.denoiser import Denoiser, DenoiserConfig
+    from worldsim.models.reward import RewardConfig, RewardEndModel
+    from worldsim.models.unet import pack
+
+    torch.manual_seed(0)
+    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=stem)
+    D = Denoiser(DenoiserConfig(context=2, unet=unet, residual=residual), num_actions=3)
+    R = RewardEndModel(RewardConfig((8, 8), life_head=True), 2, num_actions=3, num_rewards=4)
+    for p in [*D.parameters(), *R.parameters()]:  # zero-initialised layers would hide work
+        torch.nn.init.normal_(p, std=0.2)
+    obs, nxt = torch.rand(3, 2, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    x, act, sigma, zero = (
+        torch.randn(3, 3, 32, 32),
+        torch.randint(0, 3, (3, 2)),
+        torch.ones(3),
+        torch.zeros(3),
+    )
+    ctx = pack(obs.reshape(3, 6, 32, 32), stem)
+    with torch.no_grad():
+        got = D(x, sigma, ctx, act, zero, packed=True)
+        torch.testing.assert_close(got, D(x, sigma, obs, act, zero), rtol=1e-4, atol=1e-4)
+        packed, plain = R(ctx, act[:, -1], pack(nxt, stem), packed=stem), R(obs, act[:, -1], nxt)
+        for a, b in zip(packed, plain, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        R.convs[0].weight.mul_(-1)  # an in-place update must reach the re-folded weights
+        changed = R(ctx, act[:, -1], pack(nxt, stem), packed=stem)[0]
+        torch.testing.assert_close(changed, R(obs, act[:, -1], nxt)[0], rtol=1e-4, atol=1e-4)
+        assert (changed - packed[0]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("stem", [1, 2, 4])
 def test_inference_path_gives_the_training_path_values(stem):
     """Without autograd the network works in place, fuses the adaptive scale and shift into
@@ -199,8 +254,9 @@ def test_conv_add_matches_conv_then_add(dtype):
 
 
 def test_fused_bf16_group_norm_matches_fp32():
-    """Large bf16 channels-last inputs with 6 channels per group are normalised as x*a + b
-    from fp32 sums when no gradient is needed; the result stays within bf16 rounding."""
+    """Large bf16 channels-last inputs with 6 channels per group at 16x16 are normalised in
+    fp32, and, in an adaptive norm without autograd, as x*a + b from fp32 sums (scale and
+    shift included); the results stay within bf16 rounding."""
     from worldsim.models.unet import AdaGroupNorm, GroupNorm
 
     torch.manual_seed(0)

@@ -115,12 +115,12 @@ class WorldModelVectorEnv(VectorEnv):
         if restarted is not None and (restarted & self._go_on).any():
             # envs going on after a lost life must not move this step: keep their state
             k = torch.from_numpy(restarted & self._go_on).to(self.world.device)
-            kept = (k, self.world.frames[k].clone(), self.world.actions[k].clone())
+            kept = (k, self.world.save(k))
         frames, rewards, ends, lost = self.world.step(
             torch.from_numpy(actions.astype(np.int64)), self._gens
         )
         if kept is not None:
-            self.world.frames[kept[0]], self.world.actions[kept[0]] = kept[1], kept[2]
+            self.world.restore(*kept)
         self._t += 1
         obs = frames.cpu().numpy()
         rewards, terms = rewards.cpu().numpy().astype(np.float32), ends.cpu().numpy()

@@ -10,6 +10,7 @@ from torch import nn
 
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
+from worldsim.models.unet import pack, unpack
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.runtime import check_precision, keep_freed_memory
 
@@ -28,18 +29,22 @@ def bf16_weights(net: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler: SamplerConfig,
-               generator: Generators = None, ctx_noise: float = 0.0) -> torch.Tensor:  # fmt: skip
+               generator: Generators = None, ctx_noise: float = 0.0, packed: bool = False
+               ) -> torch.Tensor:  # fmt: skip
     """Draw the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W) in [-1, 1] and
     act (B, K), where act[:, -1] is the action being taken now. `ctx_noise` > 0 noises the
-    context to that level and says so to the network, as in training (GameNGen)."""
-    B, _, C, H, W = obs.shape
+    context to that level and says so to the network, as in training (GameNGen). `packed`:
+    obs comes `pack`ed by the network's stem r, (B, K*3*r*r, H/r, W/r) (`World`'s state)."""
+    B = obs.shape[0]
+    r = denoiser.cfg.unet.stem
+    C, H, W = (3, obs.shape[-2] * r, obs.shape[-1] * r) if packed else obs.shape[-3:]
     sigma_ctx = torch.full((B,), float(ctx_noise), device=obs.device)
     if ctx_noise > 0:
         obs = obs + ctx_noise * randn(obs.shape, generator, obs.device)
     noise = randn((B, C, H, W), generator, obs.device)
 
     def denoise(x, sigma):
-        return denoiser(x, sigma, obs, act, sigma_ctx)
+        return denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
 
     return sample(denoise, noise, sampler, generator).clamp(-1, 1)
 
@@ -71,8 +76,11 @@ class World:
     run as copies with bfloat16 conv and linear weights, made on first use (for the teacher,
     when a sampler switch first needs it), so autocast does not re-cast them.
 
-    State: the last K frames (N, K, 3, H, W) in [-1, 1] (quantised to uint8 levels, as the
-    user sees them) and the K actions that produced them (N, K).
+    State: the last K frames, quantised to uint8 levels as the user sees them, and the K
+    actions that produced them (`actions`, (N, K)). The frames are kept the way the network
+    reads them, `pack`ed by its stem in the precision it runs in, so that a step adds one
+    packed frame instead of re-laying-out the whole context twice (for the denoiser and the
+    reward model); `frames` gives them as (N, K, 3, H, W) in [-1, 1].
     """
 
     def __init__(self, bundle, sampler: SamplerConfig | None = None, precision: str = "fp32"):
@@ -88,8 +96,26 @@ class World:
         if self.device.type == "cpu":
             keep_freed_memory()
         self._bf16: dict[str, nn.Module] = {}  # bfloat16-weight copies, made when first used
-        self.frames: torch.Tensor | None = None
+        self._r = bundle.model.denoiser.cfg.unet.stem
+        self._dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self._ctx: torch.Tensor | None = None  # (N, K*3*r*r, H/r, W/r), `pack`ed frames
         self.actions: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> torch.Tensor | None:
+        """The context frames (N, K, 3, H, W) in [-1, 1] (a copy; None before `reset`)."""
+        if self._ctx is None:
+            return None
+        x = to_unit(to_uint8(unpack(self._ctx.float(), self._r)))  # exact uint8 levels
+        return x.view(x.shape[0], -1, 3, *x.shape[-2:])
+
+    def save(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the state of the dreams in `index` (for `restore`)."""
+        return self._ctx[index].clone(), self.actions[index].clone()
+
+    def restore(self, index: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Put back the state `save` took of the dreams in `index`."""
+        self._ctx[index], self.actions[index] = saved
 
     @property
     def denoiser(self) -> Denoiser:
@@ -115,12 +141,14 @@ class World:
     ) -> None:
         """Set the context of all dreams (or those in `index`): frames (n, K, H, W, 3) uint8,
         actions (n, K) with actions[:, i] the action that produced frames[:, i]."""
-        ctx = to_unit(frames.to(self.device).permute(0, 1, 4, 2, 3))
+        n, K, H, W, C = frames.shape
+        x = frames.to(self.device).permute(0, 1, 4, 2, 3).reshape(n, K * C, H, W)
+        ctx = pack(to_unit(x), self._r, self._dtype)
         actions = actions.to(self.device, torch.int64)
-        if index is None or self.frames is None:
-            self.frames, self.actions = ctx.clone(), actions.clone()
+        if index is None or self._ctx is None:
+            self._ctx, self.actions = ctx, actions.clone()
         else:
-            self.frames[index], self.actions[index] = ctx, actions
+            self._ctx[index], self.actions[index] = ctx, actions
 
     @torch.no_grad()
     def draw(
@@ -135,15 +163,17 @@ class World:
         """Advance every dream by one action (N,)."""
         actions = actions.to(self.device, torch.int64)
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
-        frame = to_uint8(self.draw(self.frames, act, generator))
-        nxt = to_unit(frame)  # the context holds what the user sees: uint8 levels
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            r_logits, e_logit, l_logit = self.reward(self.frames, actions, nxt)
-        self.frames = torch.cat([self.frames[:, 1:], nxt[:, None]], dim=1)
+            x = next_frame(self.denoiser, self._ctx, act, self.sampler, generator, packed=True)
+            frame = to_uint8(x.float())
+            nxt = pack(to_unit(frame), self._r, self._dtype)  # what the user sees: uint8 levels
+            r_logits, e_logit, l_logit = self.reward(self._ctx, actions, nxt, packed=self._r)
+        self._ctx = torch.cat([self._ctx[:, nxt.shape[1] :], nxt], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
         return Step(frame.permute(0, 2, 3, 1), rewards, e_logit > 0, l_logit > 0)
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""
-        return to_uint8(self.frames[:, -1]).permute(0, 2, 3, 1)
+        last = self._ctx[:, -3 * self._r**2 :]
+        return to_uint8(unpack(last.float(), self._r)).permute(0, 2, 3, 1)

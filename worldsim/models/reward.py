@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldsim.models.unet import GroupNorm, unpack
+
 
 @dataclass(frozen=True)
 class RewardConfig:
@@ -39,7 +41,7 @@ class RewardEndModel(nn.Module):
         for c_out in cfg.channels:
             layers += [
                 nn.Conv2d(c, c_out, 4, 2, 1),
-                nn.GroupNorm(8 if c_out % 8 == 0 else 1, c_out),
+                GroupNorm(8 if c_out % 8 == 0 else 1, c_out),
                 nn.SiLU(),
             ]
             c = c_out
@@ -50,13 +52,45 @@ class RewardEndModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * c, 128), nn.SiLU(), nn.Linear(128, n_out))
         self.num_rewards = num_rewards
 
-    def forward(self, obs, action, nxt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs, action, nxt, packed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`packed` = r > 0: obs (B, K*3*r*r, H/r, W/r) and nxt (B, 3*r*r, H/r, W/r) come
+        `pack`ed by r (as `World` keeps its context), in the dtype the model runs in."""
         B, n = obs.shape[0], self.num_rewards
-        h = self.convs(torch.cat([obs.reshape(B, -1, *obs.shape[-2:]), nxt], dim=1))
+        if packed:
+            h = self.convs[1:](self._first_conv_packed(torch.cat([obs, nxt], dim=1), packed))
+        else:
+            h = self.convs(torch.cat([obs.reshape(B, -1, *obs.shape[-2:]), nxt], dim=1))
         h = torch.cat([h.amax(dim=(2, 3)), self.act_emb(action)], dim=1)
         out = self.head(h)
         life = out[:, n + 1] if self.life_head else out.new_full((B,), float("-inf"))
         return out[:, :n], out[:, n], life
+
+    def _first_conv_packed(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """The first convolution of unpack(x, r), run on the packed x itself: a stride-r
+        convolution of the full-resolution frames is a stride-1 one of the pixel-unshuffled
+        frames, with its weights rearranged (computed once, again when they change). Here,
+        a 3x3 convolution of 60 channels instead of a 4x4 stride-2 one of 15: the same sums,
+        in the layout oneDNN runs fastest (a quarter of the reward model's time at batch 32
+        on the 2-core dev CPU, with the casts and copies the plain input needs)."""
+        conv = self.convs[0]
+        (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
+        lo, hi = -(-p // r), (k - 1 - p) // r  # reach of a window in packed cells
+        if s != r or lo != hi or not isinstance(conv.padding, tuple):
+            return conv(unpack(x, r))
+        w = conv.weight
+        key = (w.data_ptr(), w._version, r)
+        if getattr(self, "_packed_w", (None,))[0] != key:
+            out_c, in_c = w.shape[:2]
+            big = w.new_zeros(out_c, in_c, r * (2 * lo + 1), r * (2 * lo + 1))
+            big[:, :, r * lo - p : r * lo - p + k, r * lo - p : r * lo - p + k] = w
+            big = big.view(out_c, in_c, 2 * lo + 1, r, 2 * lo + 1, r).permute(0, 1, 3, 5, 2, 4)
+            big = big.reshape(out_c, in_c * r * r, 2 * lo + 1, 2 * lo + 1)
+            if w.is_contiguous(memory_format=torch.channels_last):
+                big = big.contiguous(memory_format=torch.channels_last)
+            self._packed_w = (key, big)
+        return F.conv2d(x, self._packed_w[1], conv.bias, padding=lo)
 
     def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None) -> torch.Tensor:
         """Reward cross-entropy plus the end (and lost-life) binary cross-entropies."""

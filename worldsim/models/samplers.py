@@ -28,12 +28,10 @@ def randn(shape, generator: Generators = None, device=None, dtype=None) -> torch
     if isinstance(generator, list):
         if len(generator) != shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        return torch.cat(
-            [
-                torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype)
-                for g in generator
-            ]
-        )
+        out = torch.empty(shape, device=device, dtype=dtype)
+        for row, g in zip(out, generator, strict=True):  # randn is empty().normal_(): same draws
+            row.normal_(generator=g)
+        return out
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
