@@ -5,7 +5,7 @@
 
 Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128; a 10,000-step single-env
 rollout (finite, in range, memory before/after); and headless play's achieved FPS over
-600 frames at the 30 FPS target and uncapped. Markdown on stdout.
+600 frames at the 30 FPS target and uncapped, in each precision asked. Markdown on stdout.
 """
 
 from __future__ import annotations
@@ -67,10 +67,9 @@ def long_rollout(world: str, sampler: str | None, steps: int) -> dict:
     }
 
 
-def play_fps(world: str, sampler: str, fps: int, frames: int = 600) -> float:
-    cfg = PlayConfig(
-        world=world, sampler=sampler, headless=True, policy="sticky", frames=frames, fps=fps
-    )
+def play_fps(world: str, sampler: str, fps: int, precision: str, frames: int = 600) -> float:
+    cfg = PlayConfig(world=world, sampler=sampler, headless=True, policy="sticky", frames=frames,
+                     fps=fps, precision=precision)  # fmt: skip
     return PlaySession(cfg).run(lambda: [])["fps"]
 
 
@@ -118,8 +117,9 @@ def main() -> None:
     print(f"\n{r['steps']}-step rollout: pixel range [{r['min']}, {r['max']}], {r['resets']} resets, "
           f"max RSS {r['rss_mb_at_100']:.0f} MB at step 100 -> {r['rss_mb_end']:.0f} MB at the end")  # fmt: skip
     s = args.sampler or ""
-    print(f"headless play, 600 frames: {play_fps(args.world, s, 30):.1f} FPS at the 30 FPS target, "
-          f"{play_fps(args.world, s, 0):.1f} FPS uncapped")  # fmt: skip
+    for p in precisions:
+        print(f"headless play ({p}), 600 frames: {play_fps(args.world, s, 30, p):.1f} FPS at the "
+              f"30 FPS target, {play_fps(args.world, s, 0, p):.1f} FPS uncapped")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -86,6 +86,17 @@ def test_actions_file_drives_headless_play(tiny_world, tmp_path):
         )
 
 
+def test_play_runs_the_world_in_the_precision_asked(tiny_world, capsys):
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=3,
+                               fps=0, precision="bf16"))  # fmt: skip
+    assert s.env.world.precision == "bf16" and s.run(lambda: [])["frames"] == 3
+    assert (
+        main(["play", f"world={tiny_world}", "headless=true", "policy=random", "precision=fp16"])
+        == 2
+    )
+    assert "precision must be fp32 or bf16, got 'fp16'" in capsys.readouterr().err
+
+
 def test_unwritable_recording_folder_is_one_message_and_play_goes_on(tiny_world, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # a folder inside a file cannot be made, even by root

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from worldsim.play.controls import HELP, KeyboardInput
+from worldsim.runtime import check_precision
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ class PlayConfig:
     """Seeds the world's starts and noise and the scripted policies."""
     device: str = "cpu"
     """cpu or cuda."""
+    precision: str = "fp32"
+    """fp32, or bf16: the networks under bfloat16 autocast, faster on CPUs with AMX or
+    AVX512-BF16 (and GPUs), frames a little off fp32's."""
     screenshot: str = ""
     """Save a PNG of the window here when the session ends."""
 
     def __post_init__(self):
+        check_precision(self.precision)
         if self.fps < 0 or self.scale < 1 or self.frames < 0:
             raise ValueError(
                 f"need fps >= 0, scale >= 1, frames >= 0; got {self.fps}, {self.scale}, {self.frames}"
@@ -116,7 +121,7 @@ class PlaySession:
 
         self.cfg = cfg
         self.env = WorldModelEnv(cfg.world, sampler=cfg.sampler or None, steps=cfg.steps or None,
-                                 max_episode_steps=10**9, device=cfg.device)  # fmt: skip
+                                 max_episode_steps=10**9, device=cfg.device, precision=cfg.precision)  # fmt: skip
         self.samplers = [self.env.world.sampler, self._teacher_sampler()]
         self.input = KeyboardInput(self.env.get_keys_to_action())
         self.script = (
