@@ -153,10 +153,11 @@ def test_group_norm_routes_only_the_slow_bf16_kernel_cases_through_fp32():
 def test_packed_context_gives_the_plain_context_values(stem, residual):
     """`World` keeps its context `pack`ed by the stem; the denoiser and the reward model read
     it so (the reward model's first convolution re-folded for the packed layout where its
-    stride allows, unpacked otherwise) with the values plain frames give, up to rounding."""
+    stride allows, unpacked otherwise), the denoiser also taking and giving the frame
+    packed, with the values plain frames give, up to rounding."""
     from worldsim.models.denoiser import Denoiser, DenoiserConfig
     from worldsim.models.reward import RewardConfig, RewardEndModel
-    from worldsim.models.unet import pack
+    from worldsim.models.unet import pack, unpack
 
     torch.manual_seed(0)
     unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=stem)
@@ -173,7 +174,7 @@ def test_packed_context_gives_the_plain_context_values(stem, residual):
     )
     ctx = pack(obs.reshape(3, 6, 32, 32), stem)
     with torch.no_grad():
-        got = D(x, sigma, ctx, act, zero, packed=True)
+        got = unpack(D(pack(x, stem), sigma, ctx, act, zero, packed=True), stem)
         torch.testing.assert_close(got, D(x, sigma, obs, act, zero), rtol=1e-4, atol=1e-4)
         packed, plain = R(ctx, act[:, -1], pack(nxt, stem), packed=stem), R(obs, act[:, -1], nxt)
         for a, b in zip(packed, plain, strict=True):

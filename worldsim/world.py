@@ -34,7 +34,8 @@ def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler
     """Draw the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W) in [-1, 1] and
     act (B, K), where act[:, -1] is the action being taken now. `ctx_noise` > 0 noises the
     context to that level and says so to the network, as in training (GameNGen). `packed`:
-    obs comes `pack`ed by the network's stem r, (B, K*3*r*r, H/r, W/r) (`World`'s state)."""
+    obs comes, and the frame goes, `pack`ed by the network's stem r: (B, K*3*r*r, H/r, W/r)
+    and (B, 3*r*r, H/r, W/r) (`World`'s state); the starting noise is the same."""
     B = obs.shape[0]
     r = denoiser.cfg.unet.stem
     C, H, W = (3, obs.shape[-2] * r, obs.shape[-1] * r) if packed else obs.shape[-3:]
@@ -42,6 +43,8 @@ def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler
     if ctx_noise > 0:
         obs = obs + ctx_noise * randn(obs.shape, generator, obs.device)
     noise = randn((B, C, H, W), generator, obs.device)
+    if packed:
+        noise = pack(noise, r)
 
     def denoise(x, sigma):
         return denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
@@ -165,13 +168,13 @@ class World:
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             x = next_frame(self.denoiser, self._ctx, act, self.sampler, generator, packed=True)
-            frame = to_uint8(x.float())
-            nxt = pack(to_unit(frame), self._r, self._dtype)  # what the user sees: uint8 levels
+            frame = to_uint8(x.float())  # packed
+            nxt = to_unit(frame).to(self._dtype)  # what the user sees: uint8 levels
             r_logits, e_logit, l_logit = self.reward(self._ctx, actions, nxt, packed=self._r)
         self._ctx = torch.cat([self._ctx[:, nxt.shape[1] :], nxt], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
-        return Step(frame.permute(0, 2, 3, 1), rewards, e_logit > 0, l_logit > 0)
+        return Step(unpack(frame, self._r).permute(0, 2, 3, 1), rewards, e_logit > 0, l_logit > 0)
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldsim.models.precond import Scalings, consistency_scalings, edm_scalings
-from worldsim.models.unet import UNet, UNetConfig, pack, unpack
+from worldsim.models.unet import UNet, UNetConfig
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class Denoiser(nn.Module):
     def raw(
         self, x, sigma, obs, act, sigma_ctx, packed: bool = False
     ) -> tuple[torch.Tensor, Scalings]:
-        """The network output F and the scalings, before the skip connection. `packed`: obs
-        is the context `pack`ed by the U-Net's stem, (B, K*3*r*r, H/r, W/r), in the dtype
-        the network runs in (what `World` keeps between steps)."""
+        """The network output F and the scalings, before the skip connection. `packed`: x
+        (B, 3*r*r, H/r, W/r), obs (B, K*3*r*r, H/r, W/r), and F come `pack`ed by the U-Net's
+        stem r, obs in the dtype the network runs in (how `World` keeps its state)."""
         s = self.scalings(sigma)
         B = x.shape[0]
         d = self.cfg.unet.cond_dim
@@ -103,18 +103,17 @@ class Denoiser(nn.Module):
                 cond = self.cond_mlp(feats.float())
         c_in = s.c_in.view(B, 1, 1, 1)
         if packed:
-            inp = torch.cat([pack(x * c_in, self.cfg.unet.stem, obs.dtype), obs], dim=1)
+            inp = torch.cat([(x * c_in).to(obs.dtype), obs], dim=1)
         else:
             inp = torch.cat([x * c_in, obs.reshape(B, -1, *obs.shape[-2:])], dim=1)
         return self.net(inp, cond, packed=packed), s
 
     def forward(self, x, sigma, obs, act, sigma_ctx, packed: bool = False) -> torch.Tensor:
-        """x0 (B, 3, H, W); `packed` as in `raw`."""
+        """x0 (B, 3, H, W), or packed as x with `packed` (as in `raw`)."""
         if not self.cfg.residual:
             F_x, s = self.raw(x, sigma, obs, act, sigma_ctx, packed)
             return s.c_skip.view(-1, 1, 1, 1) * x + s.c_out.view(-1, 1, 1, 1) * F_x
-        r, C = self.cfg.unet.stem, x.shape[1]
-        base = unpack(obs[:, -C * r * r :], r).to(x.dtype) if packed else obs[:, -1]
+        base = obs[:, -x.shape[1] :].to(x.dtype) if packed else obs[:, -1]
         F_y, s = self.raw(x - base, sigma, obs, act, sigma_ctx, packed)
         c_skip, c_out = s.c_skip.view(-1, 1, 1, 1), s.c_out.view(-1, 1, 1, 1)
         # = base + c_skip (x - base) + c_out F, written so that c_skip = 1, c_out = 0 gives x exactly

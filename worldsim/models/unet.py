@@ -47,7 +47,7 @@ def pack(x: torch.Tensor, r: int, dtype: torch.dtype | None = None) -> torch.Ten
     """Frames (B, C, H, W) -> (B, C*r*r, H/r, W/r), pixel-unshuffled by r (channel c*r*r +
     i*r + j holds pixel (i, j) of each r x r cell), channels-last, in `dtype`: the layout a
     U-Net with `stem=r` convolves first, so a context kept in it is not re-laid-out on every
-    step (`UNet.forward(packed=True)`).
+    step, and frames drawn stay packed until they are shown (`UNet.forward(packed=True)`).
 
     >>> x = torch.arange(16.0).view(1, 1, 4, 4)
     >>> pack(x, 2)[0, :, 0, 0].tolist(), torch.equal(unpack(pack(x, 2), 2), x)
@@ -305,7 +305,7 @@ class UNet(nn.Module):
         return {blk: (parts[2 * i], parts[2 * i + 1]) for i, blk in enumerate(blocks)}
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, packed: bool = False) -> torch.Tensor:
-        """`packed`: x is already `pack`ed by `cfg.stem` (the output is not)."""
+        """`packed`: x comes `pack`ed by `cfg.stem`, and the output is left packed."""
         proj = {} if torch.is_grad_enabled() else self.projections(cond)
         h = self.stem(x) if packed else self._stem(x)
         skips = [h]
@@ -324,4 +324,4 @@ class UNet(nn.Module):
             if i > 0:
                 h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = self.out(F.silu(self.out_norm(h)))
-        return F.pixel_shuffle(h, self.cfg.stem) if self.cfg.stem > 1 else h
+        return h if packed else unpack(h, self.cfg.stem)
