@@ -163,6 +163,11 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
                      conv.groups, "add", None, None, [], None)  # fmt: skip
 
 
+def _scale_ones(c: int, device) -> torch.Tensor:
+    """(2c,): 1 for a projection's scale half, 0 for its shift half."""
+    return torch.cat([torch.ones(c, device=device), torch.zeros(c, device=device)])
+
+
 class AdaGroupNorm(nn.Module):
     """GroupNorm whose scale and shift are predicted from the conditioning vector."""
 
@@ -175,21 +180,25 @@ class AdaGroupNorm(nn.Module):
         self, x: torch.Tensor, cond: torch.Tensor, silu: bool = False, proj=None
     ) -> torch.Tensor:
         """Normalise, scale and shift x (then SiLU, with `silu`); `proj`, if given, is
-        `self.proj(cond)` computed beforehand (`UNet.projections`). Without autograd the
-        scale, shift and SiLU are one fused multiply-add and an in-place SiLU (or, where
-        `GroupNorm.fuse`, the norm too joins the multiply-add): the same values up to
-        rounding, with less memory traffic at large batches."""
-        p = self.proj(cond) if proj is None else proj.to(x.dtype)
-        scale, shift = p[:, :, None, None].chunk(2, dim=1)
+        (1 + scale, shift), each (N, C, 1, 1) in x's dtype, computed beforehand
+        (`UNet.projections`). Without autograd the scale, shift and SiLU are one fused
+        multiply-add and an in-place SiLU (or, where `GroupNorm.fuse`, the norm too joins
+        the multiply-add): the same values up to rounding, with less memory traffic at large
+        batches."""
+        if proj is None:
+            scale, shift = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
+            scale = 1 + scale
+        else:
+            scale, shift = proj
         if torch.is_grad_enabled():
-            y = self.norm(x) * (1 + scale) + shift
+            y = self.norm(x) * scale + shift
             return F.silu(y) if silu else y
         if self.norm.fuse(x):
-            a, b = self.norm.coefficients(x, 1 + scale, shift)
+            a, b = self.norm.coefficients(x, scale, shift)
             y = torch.addcmul(b, x, a)
         else:
             y = self.norm(x)
-            y = torch.addcmul(shift, y, 1 + scale, out=y)
+            y = torch.addcmul(shift, y, scale, out=y)
         return F.silu(y, inplace=True) if silu else y
 
 
@@ -284,12 +293,14 @@ class UNet(nn.Module):
             w = w.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, self.stem.bias, stride=r, padding=r)
 
-    def projections(self, cond: torch.Tensor) -> dict[ResBlock, tuple[torch.Tensor, torch.Tensor]]:
-        """Every adaptive norm's scale-and-shift projection of `cond`, by block, from one fp32
-        matrix product (the layers' weights joined once, again whenever they change). Two
-        dozen small products each cost 15-140 us on the CPU, most of it overhead paid after
-        each large operation (1.7 ms of a 12 ms bf16 step at batch 1, 2.9 ms of 76 at batch
-        32, on the 2-core dev CPU); fp32 is also exact where bf16 rounded."""
+    def projections(self, cond: torch.Tensor, dtype: torch.dtype | None = None) -> dict:
+        """Every adaptive norm's (1 + scale, shift) of `cond`, by block (a pair of pairs, each
+        (N, C, 1, 1) in `dtype`), from one fp32 matrix product (the layers' weights joined
+        once, again whenever they change; the 1 folded into the joined bias) and one cast.
+        Two dozen small products each cost 15-140 us on the CPU, most of it overhead paid
+        after each large operation (1.7 ms of a 12 ms bf16 step at batch 1, 2.9 ms of 76 at
+        batch 32, on the 2-core dev CPU), and two dozen casts, slices and adds another
+        ~0.5 ms; fp32 is also exact where bf16 rounded."""
         if "_layers" not in self.__dict__:  # the architecture is fixed: walk it once
             blocks = [m for m in self.modules() if isinstance(m, ResBlock)]
             self._layers = blocks, [n.proj for b in blocks for n in (b.norm1, b.norm2)]
@@ -297,17 +308,21 @@ class UNet(nn.Module):
         key = tuple((p.data_ptr(), p._version) for m in layers for p in m._parameters.values())
         if getattr(self, "_joined", (None,))[0] != key:
             w_t = torch.cat([m.weight.float() for m in layers]).t().contiguous()
-            b = torch.cat([m.bias.float() for m in layers])
-            self._joined = (key, w_t, b, [m.out_features for m in layers])
+            b = torch.cat([m.bias.float() + _scale_ones(m.out_features // 2, m.bias.device)
+                           for m in layers])  # fmt: skip
+            sizes = [m.out_features // 2 for m in layers for _ in (0, 1)]
+            self._joined = (key, w_t, b, sizes)
         _, w_t, b, sizes = self._joined
         with torch.autocast(cond.device.type, enabled=False):
-            parts = torch.addmm(b, cond.float(), w_t).split(sizes, dim=1)
-        return {blk: (parts[2 * i], parts[2 * i + 1]) for i, blk in enumerate(blocks)}
+            out = torch.addmm(b, cond.float(), w_t)
+        p = out.to(dtype or out.dtype)[:, :, None, None].split(sizes, dim=1)
+        return {blk: ((p[4 * i], p[4 * i + 1]), (p[4 * i + 2], p[4 * i + 3]))
+                for i, blk in enumerate(blocks)}  # fmt: skip
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, packed: bool = False) -> torch.Tensor:
         """`packed`: x comes `pack`ed by `cfg.stem`, and the output is left packed."""
-        proj = {} if torch.is_grad_enabled() else self.projections(cond)
         h = self.stem(x) if packed else self._stem(x)
+        proj = {} if torch.is_grad_enabled() else self.projections(cond, h.dtype)
         skips = [h]
         for i, blocks in enumerate(self.down):
             for block in blocks:
