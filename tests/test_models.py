@@ -183,6 +183,9 @@ def test_packed_context_gives_the_plain_context_values(stem, residual):
         changed = R(ctx, act[:, -1], pack(nxt, stem), packed=stem)[0]
         torch.testing.assert_close(changed, R(obs, act[:, -1], nxt)[0], rtol=1e-4, atol=1e-4)
         assert (changed - packed[0]).abs().max() > 1e-3
+    for _ in range(2):  # with autograd the re-folded weights are rebuilt, never cached
+        R(ctx, act[:, -1], pack(nxt, stem), packed=stem)[0].sum().backward()
+    assert R.convs[0].weight.grad is not None
 
 
 @pytest.mark.parametrize("stem", [1, 2, 4])

@@ -24,6 +24,19 @@ class RewardConfig:
     records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""
 
 
+def _refold(w: torch.Tensor, r: int, p: int, lo: int) -> torch.Tensor:
+    """The weights (O, C*r*r, 2*lo+1, 2*lo+1) of a stride-1 convolution of `pack`ed frames
+    that computes the stride-r, padding-p convolution w (O, C, k, k) of the frames."""
+    out_c, in_c, k = w.shape[0], w.shape[1], w.shape[-1]
+    big = w.new_zeros(out_c, in_c, r * (2 * lo + 1), r * (2 * lo + 1))
+    big[:, :, r * lo - p : r * lo - p + k, r * lo - p : r * lo - p + k] = w
+    big = big.view(out_c, in_c, 2 * lo + 1, r, 2 * lo + 1, r).permute(0, 1, 3, 5, 2, 4)
+    big = big.reshape(out_c, in_c * r * r, 2 * lo + 1, 2 * lo + 1)
+    if w.is_contiguous(memory_format=torch.channels_last):
+        big = big.contiguous(memory_format=torch.channels_last)
+    return big
+
+
 class RewardEndModel(nn.Module):
     """(obs (B, K, 3, H, W), action (B,), next (B, 3, H, W)) in [-1, 1] -> (reward logits
     (B, n_rewards), end logit (B,), lost-life logit (B,)). Reward classes are the distinct
@@ -80,16 +93,11 @@ class RewardEndModel(nn.Module):
         if s != r or lo != hi or not isinstance(conv.padding, tuple):
             return conv(unpack(x, r))
         w = conv.weight
+        if torch.is_grad_enabled():  # (a cached weight would keep a stale graph)
+            return F.conv2d(x, _refold(w, r, p, lo), conv.bias, padding=lo)
         key = (w.data_ptr(), w._version, r)
         if getattr(self, "_packed_w", (None,))[0] != key:
-            out_c, in_c = w.shape[:2]
-            big = w.new_zeros(out_c, in_c, r * (2 * lo + 1), r * (2 * lo + 1))
-            big[:, :, r * lo - p : r * lo - p + k, r * lo - p : r * lo - p + k] = w
-            big = big.view(out_c, in_c, 2 * lo + 1, r, 2 * lo + 1, r).permute(0, 1, 3, 5, 2, 4)
-            big = big.reshape(out_c, in_c * r * r, 2 * lo + 1, 2 * lo + 1)
-            if w.is_contiguous(memory_format=torch.channels_last):
-                big = big.contiguous(memory_format=torch.channels_last)
-            self._packed_w = (key, big)
+            self._packed_w = (key, _refold(w, r, p, lo))
         return F.conv2d(x, self._packed_w[1], conv.bias, padding=lo)
 
     def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None) -> torch.Tensor:

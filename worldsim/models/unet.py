@@ -87,7 +87,8 @@ class GroupNorm(nn.GroupNorm):
     def slow(self, x: torch.Tensor) -> bool:
         """Whether x would hit the slow bfloat16 channels-last kernel."""
         return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and self.num_channels // self.num_groups < 16
-                and x.shape[-2] * x.shape[-1] < 1024 and x.is_contiguous(memory_format=torch.channels_last))  # fmt: skip
+                and x.dim() == 4 and x.shape[-2] * x.shape[-1] < 1024
+                and x.is_contiguous(memory_format=torch.channels_last))  # fmt: skip
 
     def fuse(self, x: torch.Tensor) -> bool:
         """Whether to normalise x as `x * a + b` (see the class docstring)."""
