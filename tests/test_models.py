@@ -188,6 +188,32 @@ def test_packed_context_gives_the_plain_context_values(stem, residual):
     assert R.convs[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("name,ctx_noise", [("multistep", 0.0), ("onestep", 0.2), ("heun", 0.0)])
+def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
+    """Drawing with a packed context (World's state) uses the same noise, drawn as for plain
+    frames and packed, so it gives the plain path's frames: re-noising samplers and a
+    noised context included."""
+    from worldsim.models.denoiser import Denoiser, DenoiserConfig
+    from worldsim.models.unet import pack, unpack
+    from worldsim.world import next_frame
+
+    torch.manual_seed(0)
+    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)
+    D = Denoiser(
+        DenoiserConfig(context=2, unet=unet), num_actions=3, parameterization="consistency"
+    )
+    for p in D.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    obs, act = torch.rand(3, 2, 3, 32, 32) * 2 - 1, torch.randint(0, 3, (3, 2))
+    cfg = SamplerConfig(name, 3)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
+    plain = next_frame(D, obs, act, cfg, gens(), ctx_noise=ctx_noise)
+    packed = next_frame(D, pack(obs.reshape(3, 6, 32, 32), 2), act, cfg, gens(),
+                        ctx_noise=ctx_noise, packed=True)  # fmt: skip
+    assert packed.shape == (3, 12, 16, 16)
+    torch.testing.assert_close(unpack(packed, 2), plain, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("stem", [1, 2, 4])
 def test_inference_path_gives_the_training_path_values(stem):
     """Without autograd the network works in place, fuses the adaptive scale and shift into

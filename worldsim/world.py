@@ -35,21 +35,27 @@ def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler
     act (B, K), where act[:, -1] is the action being taken now. `ctx_noise` > 0 noises the
     context to that level and says so to the network, as in training (GameNGen). `packed`:
     obs comes, and the frame goes, `pack`ed by the network's stem r: (B, K*3*r*r, H/r, W/r)
-    and (B, 3*r*r, H/r, W/r) (`World`'s state); the starting noise is the same."""
+    and (B, 3*r*r, H/r, W/r) (`World`'s state); every noise is drawn as for plain frames,
+    then packed, so the frames are the plain path's up to rounding."""
     B = obs.shape[0]
     r = denoiser.cfg.unet.stem
     C, H, W = (3, obs.shape[-2] * r, obs.shape[-1] * r) if packed else obs.shape[-3:]
+
+    def draw(x=None, channels=C):
+        """Standard noise for a frame (or the context), drawn as for plain frames."""
+        z = randn((B, channels, H, W), generator, obs.device)
+        return pack(z, r) if packed else z
+
     sigma_ctx = torch.full((B,), float(ctx_noise), device=obs.device)
     if ctx_noise > 0:
-        obs = obs + ctx_noise * randn(obs.shape, generator, obs.device)
-    noise = randn((B, C, H, W), generator, obs.device)
-    if packed:
-        noise = pack(noise, r)
+        z = draw(channels=obs.shape[1] // r**2 if packed else obs.shape[1] * C)
+        obs = (obs + ctx_noise * z.view(obs.shape)).to(obs.dtype)
+    noise = draw()
 
     def denoise(x, sigma):
         return denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
 
-    return sample(denoise, noise, sampler, generator).clamp(-1, 1)
+    return sample(denoise, noise, sampler, generator, draw).clamp(-1, 1)
 
 
 class Step(NamedTuple):
@@ -76,7 +82,7 @@ class World:
     `precision="bf16"` runs the denoiser and the reward/end model under bfloat16 autocast:
     faster on CPUs with AMX and on GPUs, frames a little off fp32's. (The shipped Bricks
     world's bf16 reward/end model agrees with fp32 on all 19,862 held-out transitions.) They
-    run as copies with bfloat16 conv and linear weights, made on first use (for the teacher,
+    run as copies with bfloat16 convolution weights, made on first use (for the teacher,
     when a sampler switch first needs it), so autocast does not re-cast them.
 
     State: the last K frames, quantised to uint8 levels as the user sees them, and the K
@@ -100,7 +106,10 @@ class World:
             keep_freed_memory()
         self._bf16: dict[str, nn.Module] = {}  # bfloat16-weight copies, made when first used
         self._r = bundle.model.denoiser.cfg.unet.stem
-        self._dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        # bf16 context where the network reads it in bf16 anyway; a residual denoiser also
+        # adds its last frame to the output, which must stay exact
+        residual = bundle.model.denoiser.cfg.residual
+        self._dtype = torch.bfloat16 if self.precision == "bf16" and not residual else torch.float32
         self._ctx: torch.Tensor | None = None  # (N, K*3*r*r, H/r, W/r), `pack`ed frames
         self.actions: torch.Tensor | None = None
 
@@ -114,7 +123,7 @@ class World:
 
     def save(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the state of the dreams in `index` (for `restore`)."""
-        return self._ctx[index].clone(), self.actions[index].clone()
+        return self._ctx[index], self.actions[index]  # (indexing copies)
 
     def restore(self, index: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Put back the state `save` took of the dreams in `index`."""

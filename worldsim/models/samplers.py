@@ -94,7 +94,7 @@ def _ode_sigmas(cfg: SamplerConfig) -> torch.Tensor:
     )
 
 
-def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without the
     second-order step); the last step jumps to sigma = 0, so 1 step is x0 = D(sigma_max z)."""
     sigmas = _ode_sigmas(cfg)
@@ -105,7 +105,7 @@ def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torc
     return x
 
 
-def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic)."""
     sigmas = _ode_sigmas(cfg)
     x = noise * sigmas[0]
@@ -119,18 +119,18 @@ def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch
     return x
 
 
-def onestep(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+def onestep(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
     """One-step consistency sampling (Song et al. 2023, Algorithm 1): x = f(sigma_max z)."""
     return denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
 
 
-def multistep(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> torch.Tensor:
+def multistep(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1): denoise, re-noise to
     the next level of the Karras schedule, denoise again; `steps` evaluations."""
     sigmas = karras_sigmas(cfg.steps + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1]
     x = denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
     for s in sigmas[1:]:
-        z = randn(x.shape, generator, x.device, x.dtype)
+        z = draw(x)
         x_s = x + (s**2 - cfg.sigma_min**2).sqrt() * z
         x = denoise(x_s, _full(x, s))
     return x
@@ -139,12 +139,20 @@ def multistep(denoise: DenoiseFn, noise, cfg: SamplerConfig, generator=None) -> 
 SAMPLERS = {"euler": euler, "heun": heun, "onestep": onestep, "multistep": multistep}
 
 
-def sample(denoise: DenoiseFn, noise: torch.Tensor, cfg: SamplerConfig, generator=None):
-    """Draw x0 with the sampler `cfg.name`.
+def sample(denoise: DenoiseFn, noise: torch.Tensor, cfg: SamplerConfig, generator=None,
+           draw: Callable[[torch.Tensor], torch.Tensor] | None = None):  # fmt: skip
+    """Draw x0 with the sampler `cfg.name`. Samplers that re-noise (multistep) take fresh
+    noise shaped like x from `draw(x)`: by default `randn` from `generator`; a caller whose
+    x is laid out differently (`World`'s packed frames) draws it as its plain frames would.
 
     >>> x0 = torch.full((1, 3, 4, 4), 0.25)
     >>> perfect = lambda x, sigma: x0  # an oracle denoiser
     >>> bool(torch.allclose(sample(perfect, torch.randn(1, 3, 4, 4), SamplerConfig("heun", 5)), x0))
     True
     """
-    return SAMPLERS[cfg.name](denoise, noise, cfg, generator)
+    if draw is None:
+
+        def draw(x):
+            return randn(x.shape, generator, x.device, x.dtype)
+
+    return SAMPLERS[cfg.name](denoise, noise, cfg, draw)
