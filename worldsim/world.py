@@ -118,8 +118,12 @@ class World:
         """The context frames (N, K, 3, H, W) in [-1, 1] (a copy; None before `reset`)."""
         if self._ctx is None:
             return None
-        x = to_unit(to_uint8(unpack(self._ctx.float(), self._r)))  # exact uint8 levels
+        x = to_unit(self._levels(self._ctx))  # exact uint8 levels
         return x.view(x.shape[0], -1, 3, *x.shape[-2:])
+
+    def _levels(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed frames of the context -> uint8 (N, C, H, W)."""
+        return to_uint8(unpack(packed.float(), self._r))
 
     def save(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the state of the dreams in `index` (for `restore`)."""
@@ -187,5 +191,4 @@ class World:
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""
-        last = self._ctx[:, -3 * self._r**2 :]
-        return to_uint8(unpack(last.float(), self._r)).permute(0, 2, 3, 1)
+        return self._levels(self._ctx[:, -3 * self._r**2 :]).permute(0, 2, 3, 1)
