@@ -37,6 +37,17 @@ def test_unknown_game_lists_valid_ones(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "'pong'" in err and "bricks" in err and "maze" in err
+    assert "search path" not in err.lower()  # hydra's search path is not a valid choice
+
+
+def test_help_shows_the_defaults_a_run_gets(capsys):
+    # distill.yaml and pipeline.yaml override their dataclasses' defaults: --help says so
+    assert main(["distill", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "configs/distill.yaml" in out and "out ('runs/bricks-student')" in out
+    assert "optim.lr (5e-05)" in out and "optim.lr (0.0003)" not in out
+    assert main(["pipeline", "--help"]) == 0
+    assert "name ('quick')" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("override", ["stepz=10", "policy.nme=random", "+extra=1"])

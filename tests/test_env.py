@@ -105,8 +105,12 @@ def test_vector_env_autoreset(tiny_world, mode, precision):
             if done.any():
                 assert (info["_final_obs"] == done).all()
                 assert all(obs[i].tobytes() in starts for i in np.flatnonzero(done))
+                final = info["final_obs"]  # (N,) frames where done, even when all are
+                assert final.shape == (3,) and all(final[i] is None for i in np.flatnonzero(~done))
+                assert all(final[i].dtype == np.uint8 and final[i].shape == (32, 32, 3)
+                           for i in np.flatnonzero(done))  # fmt: skip
             since_start += 1
-        assert (trunc == (since_start >= 3) & ~term).all() or term.any()
+        assert (trunc[~term] == (since_start[~term] >= 3)).all()
         if mode == "same_step":
             since_start[done] = 0
         prev_done = done
@@ -158,8 +162,40 @@ def test_bad_inputs_are_refused_with_one_clear_line(tiny_world, tmp_path):
         WorldModelEnv(str(tiny_world), frame_size=64)
     with pytest.raises(ValueError, match="has 4 actions, not the 6 asked for"):
         gym.make("worldsim/World-v0", world=str(tiny_world), num_actions=6)
+    venv = WorldModelVectorEnv(2, str(tiny_world))
+    with pytest.raises(gym.error.ResetNeeded, match="call reset"):
+        venv.step(np.array([0, 1]))
+    with pytest.raises(gym.error.ResetNeeded, match="call reset"):
+        WorldModelEnv(str(tiny_world)).step(0)
+    venv.reset(seed=np.int64(3))
     with pytest.raises(ValueError, match="actions must be 2 integers"):
-        WorldModelVectorEnv(2, str(tiny_world)).step(np.array([0, 9]))
+        venv.step(np.array([0, 9]))
+    with pytest.raises(ValueError, match="actions must be 2 integers"):
+        venv.step(np.array([1.7, 0.2]))
+    for bad in (True, 1.0, np.float32(2)):
+        with pytest.raises(ValueError, match=r"action must be an integer in \[0, 4\)"):
+            env.step(bad)
+    with pytest.raises(ValueError, match="render_mode must be None or 'rgb_array', got 'human'"):
+        WorldModelVectorEnv(2, str(tiny_world), render_mode="human")
+    with pytest.raises(ValueError, match="max_episode_steps must be >= 1, got 0"):
+        WorldModelVectorEnv(2, str(tiny_world), max_episode_steps=0)
+    for options in ({"frames": np.zeros((2, 32, 32, 3), np.uint8)}, {"actions": np.zeros(2, int)}):
+        for e in (env, venv):
+            with pytest.raises(ValueError, match="need both 'frames' and 'actions'"):
+                e.reset(options=options)
+
+
+def test_sampler_and_steps_arguments(tiny_world):
+    default = WorldModelEnv(str(tiny_world)).sampler
+    assert (default.name, default.steps) == ("onestep", 1)
+    # steps asked of a world with a student: its multistep sampler, not a silent one step
+    assert WorldModelEnv(str(tiny_world), steps=3).sampler.name == "multistep"
+    assert WorldModelEnv(str(tiny_world), steps=1).sampler.name == "onestep"
+    assert WorldModelEnv(str(tiny_world), sampler="heun", steps=2).sampler.steps == 2
+    with pytest.raises(ValueError, match="sampler 'onestep' takes one step, got steps=4"):
+        WorldModelEnv(str(tiny_world), sampler="onestep", steps=4)
+    with pytest.raises(ValueError, match="sampler.steps must be >= 1, got 0"):
+        WorldModelEnv(str(tiny_world), sampler="euler", steps=0)
 
 
 def test_long_rollout_stays_finite_in_range_and_bounded(tiny_world):
@@ -196,7 +232,15 @@ def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
         for i in np.flatnonzero(dones):
             saw_end = True
             assert infos[i]["terminal_observation"].shape == (32, 32, 3)
+            assert infos[i]["terminal_observation"].dtype == np.uint8
     assert saw_end
+    assert venv.env_method("get_action_meanings") == [["NOOP", "FIRE", "RIGHT", "LEFT"]] * 4
+    with pytest.raises(ValueError, match="runs on all 4 batched worlds at once"):
+        venv.env_method("reset", indices=[0])
+    start = venv.venv.bundle.start_frames[1].numpy()  # SB3's reset options reach the worlds
+    venv.set_options({"frames": start, "actions": venv.venv.bundle.start_actions[1].numpy()})
+    assert all(np.array_equal(o, start[-1]) for o in venv.reset())
+    assert venv._options == [{}] * 4  # used once, as SB3's own VecEnvs do
     # SB3's NatureCNN needs frames of at least 36x36: this 32x32 test world takes the MLP policy
     model = PPO("MlpPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, seed=0, verbose=0)
     model.learn(total_timesteps=32)

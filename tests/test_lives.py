@@ -159,7 +159,8 @@ def test_vector_env_goes_on_after_lost_lives_like_single_envs(lossy_world):
     for a in actions:
         obs, _, term, _, info = venv.step(a)
         assert term.all() and info["life_lost"].all()
-        assert all(np.array_equal(o, f) for o, f in zip(obs, info["final_obs"], strict=True))
+        assert all(np.array_equal(o, f) and f.dtype == np.uint8
+                   for o, f in zip(obs, info["final_obs"], strict=True))  # fmt: skip
         seen.append(obs)
     single = WorldModelEnv(str(lossy_world), end_on_life_loss=True)
     for i in range(2):

@@ -99,7 +99,7 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         return get
 
     return {
-        "pipeline": ("game -> playable world in one command: collect, train, distill, eval, bundle",
+        "pipeline": ("game -> playable world in one command: collect, train, distill, bundle, eval",
                      cfg_of("worldsim.pipeline", "PipelineConfig"), _pipeline),
         "collect": ("record play of a game into an episode dataset",
                     cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
@@ -126,13 +126,13 @@ def _data(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="worldsim data", description="Inspect episode datasets.")
     sub = parser.add_subparsers(dest="action", required=True)
     info = sub.add_parser("info", help="print a dataset's games, splits, lengths and returns")
-    info.add_argument("dir")
+    info.add_argument("dir", help="dataset folder (from `worldsim collect`)")
     video = sub.add_parser("video", help="export an episode to an H.264 mp4")
-    video.add_argument("dir")
+    video.add_argument("dir", help="dataset folder (from `worldsim collect`)")
     video.add_argument("--episode", type=int, default=None, help="episode id (default: the first)")
     video.add_argument("--out", default=None, help="mp4 path (default: <dir>/ep_<id>.mp4)")
     video.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor")
-    video.add_argument("--fps", type=int, default=15)
+    video.add_argument("--fps", type=int, default=15, help="frames per second of the video")
     video.add_argument("--overwrite", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
     ds = Dataset.open(args.dir)
@@ -163,8 +163,18 @@ def _usage(commands) -> str:
 
 
 def _command_help(name: str, desc: str, cls) -> str:
-    lines = [f"usage: worldsim {name} [key=value ...]", "", desc, "", "keys (default):"]
-    for key, default, doc in describe(cls):
+    try:  # the defaults a run gets: the dataclass's, with configs/<name>.yaml on top
+        values, heading = (
+            load_config(name, cls, []),
+            f"keys (defaults as configs/{name}.yaml sets them):",
+        )
+    except (ConfigError, ValueError):
+        values, heading = None, "keys (default):"
+    usage = f"usage: worldsim {name} [key=value ...]"
+    if name == "play":
+        usage = "usage: python play.py [key=value ...]   (or: worldsim play [key=value ...])"
+    lines = [usage, "", desc, "", heading]
+    for key, default, doc in describe(cls, values=values):
         shown = "" if default == "" else f" ({default!r})"
         lines.append(f"  {key}{shown}\n      {doc}" if doc else f"  {key}{shown}")
     return "\n".join(lines)

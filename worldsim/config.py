@@ -124,22 +124,30 @@ def _one_line(msg: str, name: str, valid: list[str]) -> str:
         i = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
         group = lines[i].split("'")[1] if "'" in lines[i] else "option"
         bad = lines[0].split("Could not find")[-1].strip(" '")
-        return f"unknown {group} {bad.split('/')[-1]!r}; valid: {', '.join(lines[i + 1 :])}"
+        options = []
+        for ln in lines[i + 1 :]:
+            if ln.startswith("Config search path"):  # hydra's search path follows the list
+                break
+            options.append(ln)
+        return f"unknown {group} {bad.split('/')[-1]!r}; valid: {', '.join(options)}"
     if "not in struct" in msg or "Could not override" in msg:
         key = lines[0].split("'")[1] if "'" in lines[0] else lines[0]
         return f"unknown config key {key!r} for '{name}'; valid keys: {', '.join(valid)}"
     return " ".join(lines)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(key, default, docstring) for every field of a config dataclass, nested ones flattened."""
+def describe(cls: type, prefix: str = "", values=None) -> list[tuple[str, Any, str]]:
+    """(key, default, docstring) for every field of a config dataclass, nested ones flattened;
+    the defaults are `values`' (a `cls` instance, e.g. as the YAML presets make it) if given,
+    else the dataclass's own."""
     docs = _field_docs(cls)
+    values = cls() if values is None else values
     rows = []
     for f in dataclasses.fields(cls):
-        default = getattr(cls(), f.name)
+        default = getattr(values, f.name)
         if dataclasses.is_dataclass(default):
             rows.append((prefix + f.name, "", docs.get(f.name, "")))
-            rows += describe(type(default), prefix + f.name + ".")
+            rows += describe(type(default), prefix + f.name + ".", default)
         else:
             rows.append((prefix + f.name, default, docs.get(f.name, "")))
     return rows

@@ -50,7 +50,9 @@ class DistillConfig(RunConfig):
     init: str = ""
     """World folder whose student starts this one (to distil further); empty = the teacher."""
     target: Literal["consistency", "solve", "rollout"] = "consistency"
-    """consistency: the consistency-distillation targets above. solve: regress the one-step
+    """consistency: consistency distillation (the student's output at one noise level is pulled
+    towards its own, without gradient, one teacher ODE step lower; `solver`, `distance`,
+    `n_start`/`n_end`). solve: regress the one-step
     output f(sigma_max z) onto the teacher's own `solve_steps`-step Euler solution from the
     same noise (Luhman & Luhman 2021); a fine-tune (with init=) that aims the one-step
     sampler at what the teacher's few-step sampler draws. rollout: regress the one-step
@@ -275,6 +277,11 @@ def _teacher(path: Path) -> tuple[dict, dict]:
                  "action_meanings": meta["action_meanings"], "reward_values": meta["reward_values"],
                  "config": {"data": meta["source"]["data"]}}  # fmt: skip
         return state, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    if not (path / "latest").is_file():
+        raise ckpt.CheckpointError(
+            f"{path}: not a teacher (expected a run folder with a 'latest' file, or a world "
+            "folder with world.json)"
+        )
     latest = ckpt.latest_checkpoint(path)
     return ckpt.load_json(latest / "state.json"), ckpt.load_tensors(latest / "ema.safetensors")
 

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.error import ResetNeeded
 
 from worldsim.bundle import WorldBundle, load_world
 from worldsim.models.samplers import SamplerConfig
@@ -18,14 +19,20 @@ def make_sampler(bundle: WorldBundle, sampler: str | None, steps: int | None) ->
     if sampler is None and steps is None:
         return base
     name = sampler or base.name
+    if sampler is None and name == "onestep" and steps != 1:
+        name = "multistep"  # steps asked of a student: its multistep sampler
     if name not in ("euler", "heun", "onestep", "multistep"):
         raise ValueError(f"sampler must be euler, heun, onestep or multistep, got {name!r}")
+    if name == "onestep" and steps not in (None, 1):
+        raise ValueError(f"sampler 'onestep' takes one step, got steps={steps} (use multistep)")
     if name in ("onestep", "multistep") and bundle.student is None:
         raise ValueError(
             f"sampler {name!r} needs a world with a one-step student; {bundle.path} has none"
         )
     sig = bundle.meta["student"] if name in ("onestep", "multistep") else {}
-    return SamplerConfig(name, steps or (1 if name == "onestep" else 3),
+    if steps is None:
+        steps = 1 if name == "onestep" else 3
+    return SamplerConfig(name, steps,
                          sigma_min=sig.get("sigma_min", 0.002), sigma_max=sig.get("sigma_max", 5.0))  # fmt: skip
 
 
@@ -33,6 +40,12 @@ def check_context(
     options: dict, K: int, size: tuple[int, int], n_actions: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a reset context: frames (K, H, W, 3) uint8 and actions (K,) in range."""
+    missing = [k for k in ("frames", "actions") if k not in options]
+    if missing:
+        raise ValueError(
+            f"options need both 'frames' and 'actions' to start from a given moment; "
+            f"{' and '.join(repr(k) for k in missing)} missing"
+        )
     frames, actions = np.asarray(options["frames"]), np.asarray(options["actions"])
     if frames.shape != (K, *size, 3) or frames.dtype != np.uint8:
         raise ValueError(
@@ -51,6 +64,16 @@ LIVES_HINT = (
     "its game reports no lives, or its data was recorded before worldsim kept them "
     "(record it again, then: worldsim train init=<world> reward_only=true data=<data>)"
 )
+
+
+def has_context(options: dict | None) -> bool:
+    """Whether reset options ask for a given start (then `check_context` validates them)."""
+    return bool(options) and ("frames" in options or "actions" in options)
+
+
+def is_action(a) -> bool:
+    """An integer (Python or NumPy), not a bool or a float that happens to be whole."""
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
 
 
 def load_checked(world, frame_size: int | None, num_actions: int | None, device,
@@ -152,8 +175,9 @@ class WorldModelEnv(gym.Env):
         K = self.bundle.context
         go_on, self._go_on = self._go_on and seed is None and not options, False
         if go_on:
+            self._render_human()
             return self.world.observation()[0].cpu().numpy(), {"step": self._t, "life_lost": False}
-        if options and "frames" in options:
+        if has_context(options):
             frames, actions = check_context(options, K, self.bundle.frame_size, self.action_space.n)
         else:
             i = int(self.np_random.integers(len(self.bundle.start_frames)))
@@ -164,7 +188,9 @@ class WorldModelEnv(gym.Env):
         return self.world.observation()[0].cpu().numpy(), {"step": 0, "life_lost": False}
 
     def step(self, action):
-        if not self.action_space.contains(action):
+        if self.world.actions is None:
+            raise ResetNeeded("call reset() before step()")
+        if not (is_action(action) and self.action_space.contains(action)):
             raise ValueError(
                 f"action must be an integer in [0, {self.action_space.n}), got {action!r}"
             )

@@ -43,7 +43,8 @@ class EvalConfig:
     out: str = ""
     """Report folder; empty = <world>/eval."""
     samplers: tuple[SamplerConfig, ...] = field(default_factory=lambda: DEFAULT_SAMPLERS)
-    """Samplers to score (student ones are skipped when the world has no student)."""
+    """Samplers to score (student ones are skipped when the world has no student); e.g.
+    'samplers=[{name:onestep,steps:1},{name:euler,steps:3}]'."""
     starts: int = 32
     """Held-out starting points."""
     horizon: int = 64

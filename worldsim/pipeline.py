@@ -1,6 +1,6 @@
 """`worldsim pipeline`: one command from a game to a playable world.
 
-collect -> train -> distill -> eval -> bundle, in one folder. Each stage is skipped when
+collect -> train -> distill -> bundle -> eval, in one folder. Each stage is skipped when
 its output is already complete and resumed when it was interrupted, so re-running the same
 command after a crash picks up where it stopped.
 """
@@ -50,7 +50,7 @@ class PresetConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Collect, train, distill, eval and bundle a world for a game."""
+    """Collect, train, distill, bundle and eval a world for a game."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     """The game (env=bricks|maze|gym|atari)."""

@@ -21,6 +21,13 @@ except ImportError:  # pragma: no cover - the hint is the point
 from worldsim.vector_env import WorldModelVectorEnv
 
 
+def _same(a: dict | None, b: dict | None) -> bool:
+    """Whether two reset options dicts are equal (their values may be arrays)."""
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 class WorldVecEnv(VecEnv):
     """`WorldVecEnv(num_envs=8, world="bricks", ...)`: arguments as WorldModelVectorEnv.
 
@@ -37,8 +44,13 @@ class WorldVecEnv(VecEnv):
 
     def reset(self) -> np.ndarray:
         seeds = None if all(s is None for s in self._seeds) else self._seeds
-        obs, _ = self.venv.reset(seed=seeds)
+        options = [o or None for o in self._options]
+        if not all(_same(o, options[0]) for o in options):
+            raise ValueError("the batched worlds take one reset options dict for all envs, "
+                             f"got {len({repr(o) for o in options})} different ones")  # fmt: skip
+        obs, _ = self.venv.reset(seed=seeds, options=options[0])
         self._reset_seeds()
+        self._reset_options()
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -48,13 +60,15 @@ class WorldVecEnv(VecEnv):
         obs, rewards, terms, truncs, info = self.venv.step(self._actions)
         dones = terms | truncs
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        for i in np.flatnonzero(info["life_lost"]):
+            infos[i]["life_lost"] = True
         for i in np.flatnonzero(dones):
             infos[i]["terminal_observation"] = info["final_obs"][i]
             infos[i]["TimeLimit.truncated"] = bool(truncs[i] and not terms[i])
         return obs, rewards, dones, infos
 
     def close(self) -> None:
-        pass
+        self.venv.close()
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:
         return [getattr(self.venv, attr_name) for _ in self._get_indices(indices)]
@@ -65,6 +79,13 @@ class WorldVecEnv(VecEnv):
     def env_method(
         self, method_name: str, *method_args, indices=None, **method_kwargs
     ) -> list[Any]:
+        """Calls the method once on the batched worlds (the envs share it), so only for all
+        envs at once: a call for some of them (e.g. a reset of one) is refused."""
+        if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
+            raise ValueError(
+                f"env_method({method_name!r}) runs on all {self.num_envs} batched worlds at "
+                f"once, not on indices {indices!r}"
+            )
         result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
         return [result for _ in self._get_indices(indices)]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from worldsim.env import check_context, load_checked, make_sampler
+from worldsim.env import check_context, has_context, load_checked, make_sampler
 from worldsim.world import World
 
 
@@ -30,6 +31,10 @@ class WorldModelVectorEnv(VectorEnv):
                  precision: str = "fp32", end_on_life_loss: bool = False):  # fmt: skip
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
         mode = modes.get(autoreset_mode, autoreset_mode)
         if mode not in modes.values():
@@ -63,7 +68,7 @@ class WorldModelVectorEnv(VectorEnv):
         """Seed env i's noise from its np_random and pick its starting context."""
         rng = self._rngs[i]
         self._gens[i].manual_seed(int(rng.integers(2**62)))
-        if options and "frames" in options:
+        if has_context(options):
             return check_context(
                 options, self.bundle.context, self.bundle.frame_size, self.single_action_space.n
             )
@@ -71,8 +76,8 @@ class WorldModelVectorEnv(VectorEnv):
         return self.bundle.start_frames[k], self.bundle.start_actions[k]
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
-        if isinstance(seed, int):
-            seed = [seed + i for i in range(self.num_envs)]
+        if isinstance(seed, (int, np.integer)):
+            seed = [int(seed) + i for i in range(self.num_envs)]
         seeds = seed if seed is not None else [None] * self.num_envs
         if len(seeds) != self.num_envs:
             raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
@@ -102,10 +107,11 @@ class WorldModelVectorEnv(VectorEnv):
         self._t[index] = 0
 
     def step(self, actions):
+        if self.world.actions is None:
+            raise ResetNeeded("call reset() before step()")
         actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,) or not self.action_space.contains(
-            actions.astype(np.int64)
-        ):
+        if (actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer)
+                or not self.action_space.contains(actions.astype(np.int64))):  # fmt: skip
             raise ValueError(
                 f"actions must be {self.num_envs} integers in [0, {self.single_action_space.n}), got {actions.tolist()}"
             )
@@ -141,8 +147,10 @@ class WorldModelVectorEnv(VectorEnv):
         done = terms | truncs
         infos = {"life_lost": lost}
         if done.any():
-            infos |= {"final_obs": np.array([o if d else None for o, d in zip(obs, done, strict=True)], dtype=object),
-                      "_final_obs": done.copy()}  # fmt: skip
+            final = np.empty(self.num_envs, dtype=object)  # (N,): a frame where done, else None
+            for i in np.flatnonzero(done):
+                final[i] = obs[i]
+            infos |= {"final_obs": final, "_final_obs": done.copy()}
             self._reset_envs(np.flatnonzero(done))
             obs = self.world.observation().cpu().numpy()
         return obs, rewards, terms, truncs, infos
