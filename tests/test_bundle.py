@@ -40,6 +40,8 @@ def test_bundle_never_overwrites_unless_asked(world, small_run, capsys):
 
 
 def test_missing_and_damaged_worlds_are_refused(world, tmp_path):
+    with pytest.raises(ValueError, match="starts must be >= 1, got 0"):
+        BundleConfig(starts=0)
     with pytest.raises(CheckpointError, match="no world 'nowhere'"):
         load_world("nowhere")
     with pytest.raises(CheckpointError, match="not a world folder"):

@@ -26,6 +26,11 @@ def test_held_keys_map_to_actions():
     assert inp.action() == 2
     inp.process([key(pygame.KEYUP, pygame.K_RIGHT), key(pygame.KEYDOWN, pygame.K_a)])
     assert inp.action() == 0  # unmapped keys do nothing
+    inp.process([key(pygame.KEYDOWN, pygame.K_LEFT), key(pygame.KEYDOWN, pygame.K_RIGHT)])
+    assert inp.action() == 2  # pressed in the other order: still the most recent
+    inp.process([key(pygame.KEYDOWN, pygame.K_LEFT)])  # pressed again (a missed KEYUP)
+    assert inp.action() == 3
+    inp.process([key(pygame.KEYUP, pygame.K_LEFT), key(pygame.KEYUP, pygame.K_RIGHT)])
     assert inp.process([key(pygame.KEYDOWN, pygame.K_p), key(pygame.KEYDOWN, pygame.K_ESCAPE)]) == [
         "pause",
         "quit",
@@ -79,11 +84,19 @@ def test_actions_file_drives_headless_play(tiny_world, tmp_path):
     )
     s.run(lambda: [])
     assert s.sent == [2, 2, 3, 1]
-    path.write_text("7\n")
-    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 4\)"):
+    path.write_text("1\n2\n7\n")
+    with pytest.raises(ValueError, match=r"actions must lie in \[0, 4\), got 7 at index 2"):
         PlaySession(
             PlayConfig(world=str(tiny_world), headless=True, policy="actions", actions=str(path))
         )
+    floats = tmp_path / "acts.npy"
+    np.save(floats, np.array([0.9, 2.7]))
+    with pytest.raises(ValueError, match="actions must be integers, got an array of float64"):
+        PlaySession(
+            PlayConfig(world=str(tiny_world), headless=True, policy="actions", actions=str(floats))
+        )
+    with pytest.raises(ValueError, match="policy=random never does: give frames=N"):
+        PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=0)
 
 
 def test_play_runs_the_world_in_the_precision_asked(tiny_world, capsys):
@@ -104,6 +117,46 @@ def test_unwritable_recording_folder_is_one_message_and_play_goes_on(tiny_world,
                                record=True, out=str(blocker / "sub")))  # fmt: skip
     result = s.run(lambda: [])
     assert result["frames"] == 5 and result["message"].startswith("recording not saved")
+
+
+def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp_path):
+    # R at the 5th frame: the 4 steps before it and the 6 after are separate episodes, so
+    # that every recorded action produced the frame after it (no cut inside an episode)
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=10,
+                               fps=0, record=True, out=str(tmp_path)))  # fmt: skip
+    events = iter([[]] * 4 + [[key(pygame.KEYDOWN, pygame.K_r)]] + [[]] * 5)
+    assert s.run(lambda: next(events))["frames"] == 10
+    lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
+    assert (
+        len(lengths) >= 2
+        and sum(lengths) == 10
+        and len(list(tmp_path.glob("*.mp4"))) == len(lengths)
+    )
+
+
+def test_a_screenshot_that_cannot_be_written_is_an_error(tiny_world, tmp_path):
+    bad = tmp_path / "missing" / "shot.png"
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=2,
+                               fps=0, screenshot=str(bad)))  # fmt: skip
+    with pytest.raises(OSError, match="could not write the screenshot"):
+        s.run(lambda: [])
+
+
+def test_recording_into_another_games_folder_writes_nothing(tiny_world, tmp_path):
+    from worldsim.data.store import DataError
+    from worldsim.play.recorder import Recorder
+
+    for env_id, ok in (("worldsim/Bricks-v0", True), ("worldsim/Maze-v0", False)):
+        r = Recorder(tmp_path, env_id, ["NOOP", "FIRE", "RIGHT", "LEFT"], (32, 32), 15)
+        r.start(np.zeros((32, 32, 3), np.uint8))
+        r.add(1, np.zeros((32, 32, 3), np.uint8), 0.0, False)
+        if ok:
+            r.save("dream")
+        else:
+            with pytest.raises(DataError):
+                r.save("dream")
+    assert len(list(tmp_path.glob("*.mp4"))) == 1  # no video without its episode
 
 
 def test_recording_never_overwrites(tiny_world, tmp_path):

@@ -122,3 +122,16 @@ def test_checkpoint_of_another_shape_is_refused(small_run, bricks32):
     tensors = ckpt.load_tensors(ckpt.latest_checkpoint(small_run) / "ema.safetensors")
     with pytest.raises(ckpt.CheckpointError, match="has shape .* needs"):
         ckpt.load_weights(trainer.model, tensors, small_run)
+
+
+def test_saving_a_step_again_keeps_a_checkpoint_through_a_crash(tmp_path):
+    from worldsim.checkpoint import latest_checkpoint, load_tensors, write_checkpoint
+
+    for value in (1.0, 2.0):  # the same step saved twice: the second one wins
+        write_checkpoint(tmp_path, 5, {"w": {"x": torch.full((2,), value)}}, {})
+    ckpt = latest_checkpoint(tmp_path)
+    assert load_tensors(ckpt / "w.safetensors")["x"][0] == 2.0
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000005"]
+    # a crash between moving the old copy aside and putting the new one in place
+    ckpt.rename(ckpt.with_name(".step_0000005.old"))
+    assert load_tensors(latest_checkpoint(tmp_path) / "w.safetensors")["x"][0] == 2.0

@@ -40,6 +40,10 @@ class BundleConfig:
     overwrite: bool = False
     """Replace an existing world folder."""
 
+    def __post_init__(self):
+        if self.starts < 1:
+            raise ValueError(f"starts must be >= 1, got {self.starts}")
+
 
 @dataclass
 class WorldBundle:

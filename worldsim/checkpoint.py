@@ -116,9 +116,13 @@ def write_checkpoint(run: Path, step: int, files: dict[str, dict[str, torch.Tens
     for name, tensors in files.items():
         save_tensors(tmp / f"{name}.safetensors", tensors)
     write_json(tmp / "state.json", {**state, "step": step})
-    shutil.rmtree(final, ignore_errors=True)
+    old_copy = root / f".step_{step:07d}.old"  # a step saved again (a re-run from an older
+    shutil.rmtree(old_copy, ignore_errors=True)  # checkpoint): kept until the new one is in
+    if final.exists():
+        final.rename(old_copy)
     tmp.rename(final)
     atomic_write(Path(run) / "latest", lambda f: f.write(final.name.encode()))
+    shutil.rmtree(old_copy, ignore_errors=True)
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -130,6 +134,9 @@ def latest_checkpoint(run: Path) -> Path:
     if not pointer.is_file():
         raise CheckpointError(f"{run}: no checkpoint (expected a run folder with a 'latest' file)")
     ckpt = run / "checkpoints" / pointer.read_text().strip()
+    old_copy = ckpt.with_name(f".{ckpt.name}.old")
+    if not ckpt.is_dir() and old_copy.is_dir():  # a crash while the same step was saved again
+        old_copy.rename(ckpt)
     if not ckpt.is_dir():
         raise CheckpointError(f"{run}: 'latest' names {ckpt.name}, which is missing")
     return ckpt

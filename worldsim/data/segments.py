@@ -76,9 +76,20 @@ class SegmentSampler:
             path.parent.mkdir(exist_ok=True)
             tmp = path.with_suffix(".tmp")
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            for e, o in zip(self.entries, self.offsets[:-1], strict=True):
-                out[o : o + e["length"] + 1] = self.ds.load(e).frames
-            out.flush()
+            try:
+                for e, o in zip(self.entries, self.offsets[:-1], strict=True):
+                    frames = self.ds.load(e).frames
+                    if len(frames) != e["length"] + 1:
+                        raise DataError(
+                            f"{self.ds.root / e['file']}: {len(frames)} frames, but the "
+                            f"manifest says {e['length']} steps ({e['length'] + 1} frames)"
+                        )
+                    out[o : o + e["length"] + 1] = frames
+                out.flush()
+            except BaseException:  # interrupted or a damaged episode: leave no large .tmp
+                del out
+                tmp.unlink(missing_ok=True)
+                raise
             del out
             os.replace(tmp, path)
         frames = np.load(path, mmap_mode="r")

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from worldsim.data.store import DataError
 from worldsim.play.controls import HELP, KeyboardInput
 from worldsim.runtime import check_precision
 
@@ -68,6 +69,11 @@ class PlayConfig:
             raise ValueError(
                 "headless play needs policy=random, sticky or actions (there is no keyboard)"
             )
+        if self.headless and self.frames == 0 and self.policy in ("random", "sticky"):
+            raise ValueError(
+                f"frames=0 plays until the actions run out, and policy={self.policy} never "
+                "does: give frames=N (or policy=actions)"
+            )
         if self.policy == "actions" and not self.actions:
             raise ValueError("policy=actions needs actions=<file of action indices>")
 
@@ -78,12 +84,17 @@ def load_actions(path: str, n_actions: int) -> np.ndarray:
         acts = np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a file of action indices ({e})") from None
-    acts = np.asarray(acts).astype(np.int64).ravel()
-    if len(acts) == 0 or acts.min() < 0 or acts.max() >= n_actions:
+    acts = np.asarray(acts).ravel()
+    if len(acts) == 0:
+        raise ValueError(f"{path}: no actions in the file")
+    if not np.issubdtype(acts.dtype, np.integer):
+        raise ValueError(f"{path}: actions must be integers, got an array of {acts.dtype}")
+    bad = np.flatnonzero((acts < 0) | (acts >= n_actions))
+    if len(bad):
         raise ValueError(
-            f"{path}: actions must be integers in [0, {n_actions}), got {acts[:8].tolist()}..."
+            f"{path}: actions must lie in [0, {n_actions}), got {int(acts[bad[0]])} at index {bad[0]}"
         )
-    return acts
+    return acts.astype(np.int64)
 
 
 class ScriptedActions:
@@ -147,11 +158,22 @@ class PlaySession:
 
     # --- commands ------------------------------------------------------------------------
     def reset(self) -> None:
+        recording = self._stop_recording()
         self.frame, _ = self.env.reset()
         self.t, self.ret = 0, 0.0
         if self.real_env is not None:
             self.real_env = None
             self.toggle_real()
+        if recording:
+            self.recorder.start(self.frame)
+
+    def _stop_recording(self) -> bool:
+        """Before the dream restarts: save the episode being recorded (a recording never
+        spans a restart, so each saved action produced its next frame); whether one was."""
+        if not self.recorder.active:
+            return False
+        self._save_recording()
+        return True
 
     def switch_sampler(self) -> None:
         other = self.samplers[1] if self.env.world.sampler == self.samplers[0] else self.samplers[0]
@@ -172,21 +194,31 @@ class PlaySession:
             return
         K = self.env.bundle.context
         frames, actions = [self.real_env.reset(seed=self.cfg.seed + self.t)[0]] * K, [0] * K
+        recording = self._stop_recording()
         self.frame, _ = self.env.reset(
             options={"frames": np.stack(frames), "actions": np.array(actions)}
         )
         self.real_frame = frames[-1]
+        if recording:
+            self.recorder.start(self.frame)
 
     def toggle_record(self) -> None:
         if not self.recorder.active:
             self.recorder.start(self.frame)
             self.message = "recording"
             return
+        self._save_recording(say_if_empty=True)
+
+    def _save_recording(self, say_if_empty: bool = False) -> None:
+        """Save the recording (the player's C, a restart, the end of play) and say so."""
         try:
             path = self.recorder.save("dream")
-            self.message = f"saved {path}" if path else "nothing recorded"
+            if path or say_if_empty:
+                self.message = f"saved {path}" if path else "nothing recorded"
         except OSError as e:  # an unwritable folder or a full disk: say so and play on
             self.message = f"recording not saved: {e.strerror or e} ({self.cfg.out})"
+        except DataError as e:  # e.g. `out` already holds another game's episodes
+            self.message = f"recording not saved: {e}"
 
     # --- the loop ------------------------------------------------------------------------
     def tick(self, events) -> bool:
@@ -214,9 +246,7 @@ class PlaySession:
             self.real_frame, _, real_end, real_trunc, _ = self.real_env.step(action)
             if real_end or real_trunc:
                 self.real_frame, _ = self.real_env.reset()
-        if terminated:
-            if self.recorder.active:
-                self.toggle_record()
+        if terminated:  # a new episode (and, if recording, a new recorded episode)
             self.reset()
 
     def draw(self) -> None:
@@ -229,6 +259,14 @@ class PlaySession:
 
     def run(self, events_source) -> dict:
         """Loop until quit (or `frames` headless frames); returns achieved frame rate."""
+        try:
+            return self._loop(events_source)
+        finally:  # also on Ctrl-C or an error: keep what was recorded, close the window
+            if self.recorder.active:
+                self._save_recording()
+            self.window.close()
+
+    def _loop(self, events_source) -> dict:
         period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
         t0 = last = due = time.perf_counter()
         n = 0
@@ -248,12 +286,13 @@ class PlaySession:
                 break
         elapsed = time.perf_counter() - t0
         if self.recorder.active:
-            self.toggle_record()
+            self._save_recording()
         if self.cfg.screenshot:
             import cv2
 
-            cv2.imwrite(self.cfg.screenshot, self.window.screenshot()[..., ::-1])
-        self.window.close()
+            if not cv2.imwrite(self.cfg.screenshot, self.window.screenshot()[..., ::-1]):
+                raise OSError(f"could not write the screenshot {self.cfg.screenshot!r} "
+                              "(does its folder exist, and is it .png or .jpg?)")  # fmt: skip
         return {
             "frames": n,
             "seconds": elapsed,

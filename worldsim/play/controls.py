@@ -32,7 +32,7 @@ class KeyboardInput:
     def __init__(self, keys_to_action: dict[tuple[int, ...], int], noop: int = 0):
         self.keys_to_action = {tuple(sorted(k)): a for k, a in keys_to_action.items()}
         self.game_keys = {k for combo in self.keys_to_action for k in combo}
-        self.noop, self.held = noop, set()
+        self.noop, self.held = noop, {}  # held keys, in the order they were pressed
 
     def process(self, events) -> list[str]:
         """Update the held keys; return the commands of this batch of events, in order."""
@@ -44,9 +44,10 @@ class KeyboardInput:
                 if e.key in COMMANDS:
                     commands.append(COMMANDS[e.key])
                 elif e.key in self.game_keys:
-                    self.held.add(e.key)
+                    self.held.pop(e.key, None)
+                    self.held[e.key] = None
             elif e.type == pygame.KEYUP:
-                self.held.discard(e.key)
+                self.held.pop(e.key, None)
         return commands
 
     def action(self) -> int:
@@ -55,7 +56,5 @@ class KeyboardInput:
         combo = tuple(sorted(self.held))
         if combo in self.keys_to_action:
             return self.keys_to_action[combo]
-        singles = [
-            self.keys_to_action[(k,)] for k in sorted(self.held) if (k,) in self.keys_to_action
-        ]
+        singles = [self.keys_to_action[(k,)] for k in self.held if (k,) in self.keys_to_action]
         return singles[-1] if singles else self.noop

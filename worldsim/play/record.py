@@ -62,6 +62,8 @@ def record(cfg: RecordConfig) -> list[str]:
     rec = Recorder(cfg.out, env_id, meanings, env.observation_space.shape[:2], cfg.fps)
     paths = []
     for i in tqdm(range(cfg.episodes), desc="record", unit="episode"):
+        if actions.exhausted():  # the action file ran out in an earlier episode
+            break
         obs, _ = env.reset(seed=cfg.seed + i)
         rec.start(obs)
         for _ in range(cfg.max_steps):
@@ -72,5 +74,8 @@ def record(cfg: RecordConfig) -> list[str]:
             rec.add(a, obs, float(r), bool(term))
             if term or trunc:
                 break
-        paths.append(str(rec.save(source)))
+        path = rec.save(source)
+        if path is not None:
+            paths.append(str(path))
+    env.close()
     return paths

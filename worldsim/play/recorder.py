@@ -57,8 +57,9 @@ class Recorder:
         path, i = self.out / f"{source}-{stamp}.mp4", 1
         while path.exists():
             path, i = self.out / f"{source}-{stamp}-{i}.mp4", i + 1
-        write_mp4(path, ep.frames, fps=self.fps, scale=4)
+        # the dataset first: it refuses another game's episodes before any file is written
         ds = Dataset.create_or_append(self.out / "episodes", env_id=self.env_id, env=source, action_meanings=self.meanings,
                                       frame_size=list(self.size), test_fraction=0.0)  # fmt: skip
+        write_mp4(path, ep.frames, fps=self.fps, scale=4)
         ds.add(ds.next_id(), ep, policy=source)
         return path
