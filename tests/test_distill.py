@@ -5,6 +5,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from worldsim.config import load_config
@@ -210,3 +211,15 @@ def test_schedule_follows_the_time_budget(small_run, tmp_path):
     assert d.cfg.levels_at(d.schedule_step()) == 10
     d.elapsed = 9.5 * 60  # 95% of the time budget spent at step 0
     assert d.schedule_step() == 950 and d.cfg.levels_at(d.schedule_step()) == 40
+
+
+def test_distilling_on_another_games_data_is_refused(small_run, tmp_path):
+    from worldsim.data.collect import CollectConfig, collect
+    from worldsim.data.store import DataError
+
+    maze = collect(load_config("collect", CollectConfig, ["env=maze", f"out={tmp_path / 'maze'}", "steps=200",
+                                                          "workers=1", "env.frame_size=32"]))  # fmt: skip
+    cfg = load_config("distill", DistillConfig, [f"teacher={small_run}", f"data={maze.root}",
+                                                 f"out={tmp_path / 's'}", "steps=1"])  # fmt: skip
+    with pytest.raises(DataError, match="are not the teacher's"):
+        Distiller(cfg)

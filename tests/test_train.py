@@ -135,3 +135,15 @@ def test_saving_a_step_again_keeps_a_checkpoint_through_a_crash(tmp_path):
     # a crash between moving the old copy aside and putting the new one in place
     ckpt.rename(ckpt.with_name(".step_0000005.old"))
     assert load_tensors(latest_checkpoint(tmp_path) / "w.safetensors")["x"][0] == 2.0
+
+
+def test_optimizer_settings_are_checked_and_no_warmup_works(bricks32, tmp_path):
+    from worldsim.train import OptimConfig
+
+    for bad in (["optim.warmup=-10"], ["optim.lr=0"], ["minutes=-5"]):
+        with pytest.raises(ValueError, match="must be"):
+            load_config("train", TrainConfig, [f"data={bricks32.root}", *bad])
+    assert OptimConfig(warmup=0).warmup == 0
+    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path}", "model=tiny",
+                                             "optim.warmup=0", "batch_size=4"])  # fmt: skip
+    assert Trainer(cfg).lr_at(0) == cfg.optim.lr  # no warm-up: the full rate from the start

@@ -33,6 +33,7 @@ import torch
 
 from worldsim import checkpoint as ckpt
 from worldsim.config import from_dict
+from worldsim.data.store import DataError
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, onestep, sample
 from worldsim.models.world_model import ModelConfig, WorldModel, to_uint8, to_unit
@@ -203,6 +204,12 @@ class Distiller(Trainer):
         if not cfg.data:
             cfg = replace(cfg, data=self.teacher_state["config"]["data"])
         super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
+        teacher_actions = self.teacher_state["action_meanings"]
+        if self.ds.action_meanings != teacher_actions:
+            raise DataError(
+                f"{cfg.data}: its game's actions {self.ds.action_meanings} are not the teacher's "
+                f"{teacher_actions} (data= must come from the teacher's game)"
+            )
         self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"],
                                 "init": cfg.init or None}  # fmt: skip
         self.meta["reward_values"] = self.teacher_state["reward_values"]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from worldsim.bundle import WorldBundle, load_world
 from worldsim.data.segments import Segment, SegmentSampler
-from worldsim.data.store import Dataset
+from worldsim.data.store import Dataset, atomic_write
 from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
@@ -233,9 +233,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         }  # fmt: skip
     report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
     _plot(report, out / "psnr.png")
     _video(b.obs[:, K:], videos, out / "rollouts.mp4")
+    # last, and atomically: a report means the folder is complete (the pipeline relies on it)
+    text = json.dumps(report, indent=1).encode()
+    atomic_write(out / "report.json", lambda f: f.write(text))
     return report
 
 

@@ -47,6 +47,21 @@ class PresetConfig:
     eval_horizon: int = 16
     """Autoregressive horizon of eval."""
 
+    def __post_init__(self):  # checked here, not hours later when the stage starts
+        for key in ("collect_steps", "batch_size", "train_steps", "distill_steps", "eval_starts",
+                    "eval_horizon"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ValueError(f"preset.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("train_minutes", "distill_minutes"):
+            if getattr(self, key) < 0:
+                raise ValueError(
+                    f"preset.{key} must be >= 0 (0 = no budget), got {getattr(self, key)}"
+                )
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"preset.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"preset.lr must be > 0, got {self.lr}")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -73,7 +88,7 @@ def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     except ckpt.CheckpointError:
         return False
     log = run / "log.jsonl"
-    spent = log.exists() and any('"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
+    spent = minutes > 0 and log.exists() and any('"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
                                  for line in log.read_text().splitlines()[-1:])  # fmt: skip
     return state["step"] >= steps or bool(spent)
 

@@ -65,7 +65,8 @@ class RLConfig:
     the same way."""
 
     def __post_init__(self):
-        for key in ("steps", "num_envs", "eval_episodes", "max_episode_steps", "frame_stack"):
+        for key in ("steps", "num_envs", "eval_episodes", "eval_max_steps", "max_episode_steps",
+                    "frame_stack"):  # fmt: skip
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.check_steps < 0:

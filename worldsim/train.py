@@ -41,6 +41,16 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the gradient norm to this."""
 
+    def __post_init__(self):
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ValueError(
+                f"optim.lr and optim.grad_clip must be > 0, got {self.lr}, {self.grad_clip}"
+            )
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"optim.warmup and optim.weight_decay must be >= 0, got {self.warmup}, {self.weight_decay}"
+            )
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -84,6 +94,8 @@ class RunConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if self.minutes < 0:
+            raise ValueError(f"minutes must be >= 0 (0 = no budget), got {self.minutes}")
 
 
 @dataclass(frozen=True)
@@ -189,7 +201,7 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        return self.cfg.optim.lr * min(1.0, (step + 1) / self.cfg.optim.warmup)
+        return self.cfg.optim.lr * min(1.0, (step + 1) / max(self.cfg.optim.warmup, 1))
 
     def _batch(self, step: int):
         """The training batch of `step`: a function of (seed, rank, step) alone, so a resumed
