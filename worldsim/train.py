@@ -223,6 +223,11 @@ class Trainer:
         batch = self._batch(self.step)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
+        # the step's noise, like its batch, is a function of (seed, rank, step): every rank of a
+        # resumed multi-process run draws what it would have drawn (only rank 0 saves state)
+        self.gen.manual_seed(
+            int(np.random.default_rng([cfg.seed, self.rank, self.step, 1]).integers(2**62))
+        )
         with autocast(self.device, cfg.precision):
             loss, metrics = self.compute_loss(self.ddp, batch, self.gen)
         self.opt.zero_grad(set_to_none=True)
