@@ -17,6 +17,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
+from worldsim.data.store import atomic_write
 from worldsim.runtime import check_precision
 
 
@@ -251,9 +252,13 @@ def train_rl(cfg: RLConfig) -> dict:
     report["dream_agent"] = score(
         lambda o: int(agent.predict(o, deterministic=False)[0]), bundle, cfg, frames
     )
+    write_mp4(
+        out / "dream_agent_in_real_game.mp4", np.stack(frames), fps=15, scale=4, overwrite=True
+    )
     rng = np.random.default_rng(cfg.seed)
     n = len(bundle.action_meanings)
     report["random"] = score(lambda o: int(rng.integers(n)), bundle, cfg)
+    _write_report(out, report)  # what is known so far, should the real-game baseline be cut off
     if cfg.real_baseline:
         real = PPO(
             policy,
@@ -267,11 +272,13 @@ def train_rl(cfg: RLConfig) -> dict:
         report["real_agent"] = score(
             lambda o: int(real.predict(o, deterministic=False)[0]), bundle, cfg
         )
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    write_mp4(
-        out / "dream_agent_in_real_game.mp4", np.stack(frames), fps=15, scale=4, overwrite=True
-    )
+        _write_report(out, report)
     return report
+
+
+def _write_report(out: Path, report: dict) -> None:
+    text = json.dumps(report, indent=1).encode()
+    atomic_write(out / "report.json", lambda f: f.write(text))
 
 
 def _time_budget(minutes: float):
