@@ -221,5 +221,5 @@ def test_distilling_on_another_games_data_is_refused(small_run, tmp_path):
                                                           "workers=1", "env.frame_size=32"]))  # fmt: skip
     cfg = load_config("distill", DistillConfig, [f"teacher={small_run}", f"data={maze.root}",
                                                  f"out={tmp_path / 's'}", "steps=1"])  # fmt: skip
-    with pytest.raises(DataError, match="are not the teacher's"):
+    with pytest.raises(DataError, match="not the teacher's game"):
         Distiller(cfg)

@@ -172,6 +172,7 @@ def test_bad_inputs_are_refused_with_one_clear_line(tiny_world, tmp_path):
         venv.step(np.array([0, 9]))
     with pytest.raises(ValueError, match="actions must be 2 integers"):
         venv.step(np.array([1.7, 0.2]))
+    env.step(np.array(2))  # a 0-d integer array, as SB3's predict gives for one env
     for bad in (True, 1.0, np.float32(2)):
         with pytest.raises(ValueError, match=r"action must be an integer in \[0, 4\)"):
             env.step(bad)
@@ -235,7 +236,7 @@ def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
             assert infos[i]["terminal_observation"].dtype == np.uint8
     assert saw_end
     assert venv.env_method("get_action_meanings") == [["NOOP", "FIRE", "RIGHT", "LEFT"]] * 4
-    with pytest.raises(ValueError, match="runs on all 4 batched worlds at once"):
+    with pytest.raises(ValueError, match="acts on all 4 batched worlds at once"):
         venv.env_method("reset", indices=[0])
     start = venv.venv.bundle.start_frames[1].numpy()  # SB3's reset options reach the worlds
     venv.set_options({"frames": start, "actions": venv.venv.bundle.start_actions[1].numpy()})

@@ -136,11 +136,13 @@ def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp
 
 
 def test_a_screenshot_that_cannot_be_written_is_an_error(tiny_world, tmp_path):
-    bad = tmp_path / "missing" / "shot.png"
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=2,
-                               fps=0, screenshot=str(bad)))  # fmt: skip
-    with pytest.raises(OSError, match="could not write the screenshot"):
-        s.run(lambda: [])
+    # refused before play starts, not after the session
+    with pytest.raises(ValueError, match="no folder"):
+        PlayConfig(world=str(tiny_world), headless=True, policy="random",
+                   screenshot=str(tmp_path / "missing" / "shot.png"))  # fmt: skip
+    with pytest.raises(ValueError, match="must be a .png or .jpg file"):
+        PlayConfig(world=str(tiny_world), headless=True, policy="random",
+                   screenshot=str(tmp_path / "shot.txt"))  # fmt: skip
 
 
 def test_recording_into_another_games_folder_writes_nothing(tiny_world, tmp_path):

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from worldsim.data.store import atomic_write
+from worldsim.data.store import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 1
 
@@ -64,8 +64,7 @@ def load_json(path: Path) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    text = json.dumps({"format": FORMAT_VERSION, **data}, indent=1).encode()
-    atomic_write(path, lambda f: f.write(text))
+    atomic_write_json(path, {"format": FORMAT_VERSION, **data})
 
 
 def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
@@ -136,7 +135,7 @@ def latest_checkpoint(run: Path) -> Path:
     ckpt = run / "checkpoints" / pointer.read_text().strip()
     old_copy = ckpt.with_name(f".{ckpt.name}.old")
     if not ckpt.is_dir() and old_copy.is_dir():  # a crash while the same step was saved again
-        old_copy.rename(ckpt)
+        return old_copy
     if not ckpt.is_dir():
         raise CheckpointError(f"{run}: 'latest' names {ckpt.name}, which is missing")
     return ckpt

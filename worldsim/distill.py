@@ -33,7 +33,7 @@ import torch
 
 from worldsim import checkpoint as ckpt
 from worldsim.config import from_dict
-from worldsim.data.store import DataError
+from worldsim.data.store import DataError, Dataset
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, onestep, sample
 from worldsim.models.world_model import ModelConfig, WorldModel, to_uint8, to_unit
@@ -203,13 +203,13 @@ class Distiller(Trainer):
         self.teacher_state, self.teacher_weights = _teacher(Path(cfg.teacher))
         if not cfg.data:
             cfg = replace(cfg, data=self.teacher_state["config"]["data"])
-        super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
-        teacher_actions = self.teacher_state["action_meanings"]
-        if self.ds.action_meanings != teacher_actions:
+        game, teacher_game = Dataset.open(cfg.data).meta.get("env_id"), self.teacher_state["env_id"]
+        if game != teacher_game:  # checked before a run folder or a model is made
             raise DataError(
-                f"{cfg.data}: its game's actions {self.ds.action_meanings} are not the teacher's "
-                f"{teacher_actions} (data= must come from the teacher's game)"
+                f"{cfg.data}: recorded from {game}, not the teacher's game {teacher_game} "
+                "(data= must come from the teacher's game)"
             )
+        super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
         self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"],
                                 "init": cfg.init or None}  # fmt: skip
         self.meta["reward_values"] = self.teacher_state["reward_values"]
@@ -280,7 +280,7 @@ def _teacher(path: Path) -> tuple[dict, dict]:
     if (path / "world.json").is_file():
         meta = ckpt.load_json(path / "world.json")
         weights = ckpt.load_tensors(path / "teacher.safetensors")
-        state = {"step": meta["source"]["step"], "model": meta["model"],
+        state = {"step": meta["source"]["step"], "model": meta["model"], "env_id": meta["env_id"],
                  "action_meanings": meta["action_meanings"], "reward_values": meta["reward_values"],
                  "config": {"data": meta["source"]["data"]}}  # fmt: skip
         return state, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}

@@ -71,11 +71,6 @@ def has_context(options: dict | None) -> bool:
     return bool(options) and ("frames" in options or "actions" in options)
 
 
-def is_action(a) -> bool:
-    """An integer (Python or NumPy), not a bool or a float that happens to be whole."""
-    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
-
-
 def load_checked(world, frame_size: int | None, num_actions: int | None, device,
                  end_on_life_loss: bool = False) -> WorldBundle:  # fmt: skip
     bundle = load_world(world, device)
@@ -190,7 +185,7 @@ class WorldModelEnv(gym.Env):
     def step(self, action):
         if self.world.actions is None:
             raise ResetNeeded("call reset() before step()")
-        if not (is_action(action) and self.action_space.contains(action)):
+        if isinstance(action, (bool, np.bool_)) or not self.action_space.contains(action):
             raise ValueError(
                 f"action must be an integer in [0, {self.action_space.n}), got {action!r}"
             )

@@ -9,7 +9,6 @@ Writes report.json, psnr.png and rollouts.mp4 (real | teacher | student) to `out
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from worldsim.bundle import WorldBundle, load_world
 from worldsim.data.segments import Segment, SegmentSampler
-from worldsim.data.store import Dataset, atomic_write
+from worldsim.data.store import Dataset, atomic_write_json
 from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
@@ -236,8 +235,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     _plot(report, out / "psnr.png")
     _video(b.obs[:, K:], videos, out / "rollouts.mp4")
     # last, and atomically: a report means the folder is complete (the pipeline relies on it)
-    text = json.dumps(report, indent=1).encode()
-    atomic_write(out / "report.json", lambda f: f.write(text))
+    atomic_write_json(out / "report.json", report)
     return report
 
 

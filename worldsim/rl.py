@@ -8,7 +8,6 @@ of it playing the real game and report.json to `out`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from worldsim.data.store import atomic_write
+from worldsim.data.store import atomic_write_json
 from worldsim.runtime import check_precision
 
 
@@ -258,7 +257,9 @@ def train_rl(cfg: RLConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     n = len(bundle.action_meanings)
     report["random"] = score(lambda o: int(rng.integers(n)), bundle, cfg)
-    _write_report(out, report)  # what is known so far, should the real-game baseline be cut off
+    atomic_write_json(
+        out / "report.json", report
+    )  # what is known so far, should the real-game baseline be cut off
     if cfg.real_baseline:
         real = PPO(
             policy,
@@ -272,13 +273,8 @@ def train_rl(cfg: RLConfig) -> dict:
         report["real_agent"] = score(
             lambda o: int(real.predict(o, deterministic=False)[0]), bundle, cfg
         )
-        _write_report(out, report)
+        atomic_write_json(out / "report.json", report)
     return report
-
-
-def _write_report(out: Path, report: dict) -> None:
-    text = json.dumps(report, indent=1).encode()
-    atomic_write(out / "report.json", lambda f: f.write(text))
 
 
 def _time_budget(minutes: float):

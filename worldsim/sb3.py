@@ -46,8 +46,8 @@ class WorldVecEnv(VecEnv):
         seeds = None if all(s is None for s in self._seeds) else self._seeds
         options = [o or None for o in self._options]
         if not all(_same(o, options[0]) for o in options):
-            raise ValueError("the batched worlds take one reset options dict for all envs, "
-                             f"got {len({repr(o) for o in options})} different ones")  # fmt: skip
+            raise ValueError("the batched worlds take one reset options dict for all envs; "
+                             "these differ between envs")  # fmt: skip
         obs, _ = self.venv.reset(seed=seeds, options=options[0])
         self._reset_seeds()
         self._reset_options()
@@ -74,18 +74,22 @@ class WorldVecEnv(VecEnv):
         return [getattr(self.venv, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        self._all(indices, f"set_attr({attr_name!r})")
         setattr(self.venv, attr_name, value)
+
+    def _all(self, indices, what: str) -> None:
+        """The envs share one batched world: refuse a call meant for some of them."""
+        if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
+            raise ValueError(
+                f"{what} acts on all {self.num_envs} batched worlds at once, not on indices {indices!r}"
+            )
 
     def env_method(
         self, method_name: str, *method_args, indices=None, **method_kwargs
     ) -> list[Any]:
         """Calls the method once on the batched worlds (the envs share it), so only for all
         envs at once: a call for some of them (e.g. a reset of one) is refused."""
-        if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
-            raise ValueError(
-                f"env_method({method_name!r}) runs on all {self.num_envs} batched worlds at "
-                f"once, not on indices {indices!r}"
-            )
+        self._all(indices, f"env_method({method_name!r})")
         result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
         return [result for _ in self._get_indices(indices)]
 

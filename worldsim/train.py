@@ -37,7 +37,7 @@ class OptimConfig:
     weight_decay: float = 1e-2
     """AdamW weight decay."""
     warmup: int = 200
-    """Steps of linear warm-up."""
+    """Steps of linear warm-up (0 = none)."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this."""
 
@@ -180,7 +180,7 @@ class Trainer:
             return
         opt_tensors, groups = ckpt.optimizer_tensors(self.opt)
         files = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optim": opt_tensors,
-                 "rng": {"torch": self.gen.get_state(), "torch_global": torch.get_rng_state()}}  # fmt: skip
+                 "rng": {"torch_global": torch.get_rng_state()}}  # fmt: skip
         state = {**self.meta, "param_groups": groups, "elapsed": self.elapsed}
         ckpt.write_checkpoint(self.run, self.step, files, state)
 
@@ -194,8 +194,7 @@ class Trainer:
             self.opt, ckpt.load_tensors(path / "optim.safetensors"), state["param_groups"]
         )
         rng = ckpt.load_tensors(path / "rng.safetensors")
-        self.gen.set_state(rng["torch"])
-        torch.set_rng_state(rng["torch_global"])
+        torch.set_rng_state(rng["torch_global"])  # (the noise generator is seeded per step)
         self.step = state["step"]
         self.elapsed = float(state.get("elapsed", 0.0))
 

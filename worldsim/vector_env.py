@@ -17,7 +17,8 @@ class WorldModelVectorEnv(VectorEnv):
     """`num_envs` dreams of one world, batched. Env i behaves like a `WorldModelEnv` seeded
     with seed + i and given the same actions. Autoreset: `next_step` (Gymnasium's default)
     or `same_step` (what Stable-Baselines3 expects); final observations of the same-step
-    mode are in `infos["final_obs"]`. Arguments as `WorldModelEnv`, plus `num_envs`.
+    mode are in `infos["final_obs"]`. Arguments as `WorldModelEnv` (but `render_mode` is
+    None or `rgb_array`), plus `num_envs`.
 
     With `end_on_life_loss=True`, an env whose world loses a life (and does not end)
     terminates, and its autoreset goes on from that moment instead of a new start, as

@@ -82,6 +82,12 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def atomic_write_json(path: Path, data: dict) -> None:
+    """`data` as indented JSON at `path`, written with `atomic_write`."""
+    text = json.dumps(data, indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
 def save_episode(path: Path, ep: Episode) -> None:
     ep.check(str(path))
     arrays = {
@@ -167,8 +173,7 @@ class Dataset:
         return ds
 
     def _write_manifest(self) -> None:
-        text = json.dumps(self.meta, indent=1).encode()
-        atomic_write(self.root / "manifest.json", lambda f: f.write(text))
+        atomic_write_json(self.root / "manifest.json", self.meta)
 
     def _adopt_orphans(self) -> None:
         known = {e["file"] for e in self.meta["episodes"]}

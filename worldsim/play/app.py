@@ -74,6 +74,14 @@ class PlayConfig:
                 f"frames=0 plays until the actions run out, and policy={self.policy} never "
                 "does: give frames=N (or policy=actions)"
             )
+        if self.screenshot:
+            from pathlib import Path
+
+            shot = Path(self.screenshot)
+            if shot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                raise ValueError(f"screenshot must be a .png or .jpg file, got {self.screenshot!r}")
+            if not shot.parent.is_dir():
+                raise ValueError(f"screenshot {self.screenshot!r}: no folder {str(shot.parent)!r}")
         if self.policy == "actions" and not self.actions:
             raise ValueError("policy=actions needs actions=<file of action indices>")
 
@@ -291,8 +299,7 @@ class PlaySession:
             import cv2
 
             if not cv2.imwrite(self.cfg.screenshot, self.window.screenshot()[..., ::-1]):
-                raise OSError(f"could not write the screenshot {self.cfg.screenshot!r} "
-                              "(does its folder exist, and is it .png or .jpg?)")  # fmt: skip
+                raise OSError(f"could not write the screenshot {self.cfg.screenshot!r}")
         return {
             "frames": n,
             "seconds": elapsed,

@@ -61,5 +61,9 @@ class Recorder:
         ds = Dataset.create_or_append(self.out / "episodes", env_id=self.env_id, env=source, action_meanings=self.meanings,
                                       frame_size=list(self.size), test_fraction=0.0)  # fmt: skip
         write_mp4(path, ep.frames, fps=self.fps, scale=4)
-        ds.add(ds.next_id(), ep, policy=source)
+        try:
+            ds.add(ds.next_id(), ep, policy=source)
+        except BaseException:  # no video without its episode
+            path.unlink(missing_ok=True)
+            raise
         return path
