@@ -117,6 +117,26 @@ def test_vector_env_autoreset(tiny_world, mode, precision):
     assert venv.metadata["autoreset_mode"].name == mode.upper()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_warns_where_it_is_emulated(tiny_world, monkeypatch, native):
+    """On a CPU without AMX or AVX512-BF16, bf16 runs several times slower than fp32: the
+    user who asks for it is told so, once, and still gets it."""
+    import warnings
+
+    import worldsim.world
+
+    monkeypatch.setattr(worldsim.world, "bf16_is_fast", lambda device: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = WorldModelEnv(str(tiny_world), precision="bf16")
+    said = [str(w.message) for w in caught if "bf16" in str(w.message)]
+    assert env.world.precision == "bf16"
+    if native:
+        assert said == []
+    else:
+        assert len(said) == 1 and "slower than fp32" in said[0] and "precision='fp32'" in said[0]
+
+
 def test_bf16_precision_is_deterministic_and_close_to_fp32(tiny_world):
     actions = np.random.default_rng(2).integers(0, 4, 6)
     fp32 = rollout(WorldModelEnv(str(tiny_world)), 5, actions)[0]

@@ -270,6 +270,7 @@ def test_conv_add_matches_conv_then_add(dtype):
     other = torch.randn(4, 64, 32, 32).to(dtype, memory_format=cl)
     kept = other.clone()
     assert other.numel() >= unet.CONV_ADD_MIN and unet._CONV_ADD is not None  # fused here
+    # (or, on a CPU without the fused bf16 kernel, the fallback: the same values)
     ref = copy.deepcopy(conv).float()
     with torch.no_grad():
         got = unet.conv_add(conv, x, other)
@@ -281,6 +282,34 @@ def test_conv_add_matches_conv_then_add(dtype):
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16 spacing at |y| ~ 4-8 is 0.03
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
     torch.testing.assert_close(small.float(), want_small, rtol=tol, atol=tol)
+
+
+def test_conv_add_falls_back_where_the_cpu_lacks_the_fused_kernel(monkeypatch):
+    """oneDNN's fused bf16 convolution-add needs AVX-512 or AVX-NE-CONVERT: on an AVX2 CPU
+    it raises, and conv_add then gives conv(x) + other by the plain path, from then on
+    without trying the fused op again for that dtype."""
+    from worldsim.models import unet
+
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise RuntimeError("mkldnn pointwise binary: bf16 path needs the cpu support ...")
+
+    monkeypatch.setattr(unet, "_CONV_ADD", refuse)
+    monkeypatch.setattr(unet, "_CONV_ADD_UNSUPPORTED", set())
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=cl)
+    x = torch.randn(4, 64, 32, 32).to(memory_format=cl)
+    other = torch.randn(4, 64, 32, 32).to(memory_format=cl)
+    with torch.no_grad():
+        want = conv(x) + other
+        got = unet.conv_add(conv, x, other)
+        again = unet.conv_add(conv, x, other)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(again, want)
+    assert len(calls) == 1 and unet._CONV_ADD_UNSUPPORTED == {torch.float32}
 
 
 def test_fused_bf16_group_norm_matches_fp32():

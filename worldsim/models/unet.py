@@ -137,6 +137,9 @@ def _fused_conv_add():
 
 
 _CONV_ADD = _fused_conv_add()
+_CONV_ADD_UNSUPPORTED: set[torch.dtype] = set()
+"""Dtypes the fused op refused on this CPU (it needs AVX-512 or AVX-NE-CONVERT for bf16):
+they take the plain convolution and add from then on."""
 
 
 CONV_ADD_MIN = 2**17
@@ -158,10 +161,13 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
         and other.is_contiguous(memory_format=torch.channels_last)
         and isinstance(conv.padding, tuple)
     )  # fmt: skip
-    if not fused:
-        return conv(x).add_(other)
-    return _CONV_ADD(x, other, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
-                     conv.groups, "add", None, None, [], None)  # fmt: skip
+    if fused and x.dtype not in _CONV_ADD_UNSUPPORTED:
+        try:
+            return _CONV_ADD(x, other, conv.weight, conv.bias, conv.padding, conv.stride,
+                             conv.dilation, conv.groups, "add", None, None, [], None)  # fmt: skip
+        except RuntimeError:  # e.g. bf16 on a CPU without AVX-512 (the op checks the ISA)
+            _CONV_ADD_UNSUPPORTED.add(x.dtype)
+    return conv(x).add_(other)
 
 
 def _scale_ones(c: int, device) -> torch.Tensor:
