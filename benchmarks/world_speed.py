@@ -3,7 +3,9 @@
     python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep] [--precision fp32 bf16]
         [--vector-only] [--sizes 1 32] [--seconds 6]
 
-Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128; a 10,000-step single-env
+Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128 (with the arithmetic rate that is,
+against a large matrix product's on the same machine: how near the machine's limit the
+batched worlds run, and so how much batching can still gain); a 10,000-step single-env
 rollout (finite, in range, memory before/after); and headless play's achieved FPS over
 600 frames at the 30 FPS target and uncapped, in each precision asked. Markdown on stdout.
 """
@@ -40,6 +42,51 @@ def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     return n * done / (time.perf_counter() - t)
+
+
+def gflop_per_frame(world: str, sampler: str | None) -> float:
+    """The network work of one frame (denoiser and reward/end model: convolutions and matrix
+    products, by torch's flop counter), in GFLOP: with the frames/s it gives the arithmetic
+    rate achieved, to set against what the machine can do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    venv = WorldModelVectorEnv(1, world, sampler=sampler, max_episode_steps=10**9)
+    venv.reset(seed=0)
+    with FlopCounterMode(display=False) as counter:
+        venv.step(np.zeros(1, dtype=np.int64))
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(precision: str, device: str, seconds: float = 1.0) -> float:
+    """GFLOP/s of a large square matrix product in `precision` on `device`: about the best
+    arithmetic rate this machine reaches, the ceiling for the network's convolutions."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(2048, 2048, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    t, done = time.perf_counter(), 0
+    while done < 3 or time.perf_counter() - t < seconds:
+        a @ b
+        done += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * 2048**3 * done / (time.perf_counter() - t) / 1e9
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the vector instructions torch uses on it."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    from worldsim.runtime import bf16_is_fast
+
+    native = "native bf16" if bf16_is_fast(torch.device("cpu")) else "bf16 emulated"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {native}"
 
 
 def long_rollout(world: str, sampler: str | None, steps: int) -> dict:
@@ -99,18 +146,32 @@ def main() -> None:
     )
     args = p.parse_args()
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
-    print(
-        f"device: {args.device} (GPU: {gpu}); machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-    precisions = [args.precision] if isinstance(args.precision, str) else args.precision
-    print("| N | " + " | ".join(f"frames/s {p}" for p in precisions) + " |")
-    print("|---|" + "---|" * len(precisions))
     if min(args.sizes) < 1 or args.seconds <= 0:
         p.error(f"--sizes must be >= 1 and --seconds > 0, got {args.sizes} and {args.seconds}")
+    print(
+        f"device: {args.device} (GPU: {gpu}); machine: {platform.machine()}, {cpu_name()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    work = gflop_per_frame(args.world, args.sampler)
+    print(f"network work per frame: {work:.3f} GFLOP (the GFLOP/s columns: frames/s times it)")
+    precisions = [args.precision] if isinstance(args.precision, str) else args.precision
+    peaks = ", ".join(f"{p} {matmul_gflops(p, args.device):.1f}" for p in precisions)
+    print(f"a 2048x2048 matrix product here, GFLOP/s: {peaks}\n")
+    print("| N | " + " | ".join(f"frames/s {p} | GFLOP/s {p}" for p in precisions) + " |")
+    print("|---|" + "---|---|" * len(precisions))
+    table = {}
     for n in args.sizes:
-        fps = [vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p,
-                          args.seconds) for p in precisions]  # fmt: skip
-        print(f"| {n} | " + " | ".join(f"{f:.1f}" for f in fps) + " |", flush=True)
+        table[n] = [vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p,
+                               args.seconds) for p in precisions]  # fmt: skip
+        cells = " | ".join(f"{f:.1f} | {f * work:.1f}" for f in table[n])
+        print(f"| {n} | {cells} |", flush=True)
+    if 1 in table and len(table) > 1:
+        for n in (m for m in args.sizes if m != 1):
+            ratios = ", ".join(
+                f"{p} {f / f1:.2f}x"
+                for p, f, f1 in zip(precisions, table[n], table[1], strict=True)
+            )
+            print(f"N={n} over N=1: {ratios}")
     if args.vector_only:
         return
     r = long_rollout(args.world, args.sampler, args.rollout)
