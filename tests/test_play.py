@@ -135,6 +135,37 @@ def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp
     )
 
 
+def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
+    # the restart's save is still writing (held here until frame 9) while play advances
+    import threading
+
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=10,
+                               fps=0, record=True, out=str(tmp_path)))  # fmt: skip
+    release, written, write = threading.Event(), [], s.recorder.write
+
+    def held_write(ep, source):
+        assert release.wait(timeout=20)
+        written.append(write(ep, source))
+        return written[-1]
+
+    s.recorder.write = held_write
+    ticks = []
+
+    def events():
+        ticks.append(len(ticks) + 1)
+        if len(ticks) == 9:
+            release.set()
+        return [key(pygame.KEYDOWN, pygame.K_r)] if len(ticks) == 5 else []
+
+    # R at the 5th frame; frames 6-8 are played while its episode is still being written (a
+    # save on the loop's thread would wait for frame 9 forever: the held write times out)
+    assert s.run(events)["frames"] == 10
+    lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
+    assert len(written) == len(lengths) >= 2 and sum(lengths) == 10
+    assert len(list(tmp_path.glob("*.mp4"))) == len(lengths)
+
+
 def test_a_screenshot_that_cannot_be_written_is_an_error(tiny_world, tmp_path):
     # refused before play starts, not after the session
     with pytest.raises(ValueError, match="no folder"):

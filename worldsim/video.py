@@ -17,8 +17,10 @@ def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 4,
-              overwrite: bool = False) -> Path:  # fmt: skip
-    """Write (T, H, W, 3) uint8 frames to an H.264 mp4; refuses to replace a file unless asked."""
+              overwrite: bool = False, threads: int | None = None) -> Path:  # fmt: skip
+    """Write (T, H, W, 3) uint8 frames to an H.264 mp4; refuses to replace a file unless asked.
+    `threads`: the encoder's threads (None: ffmpeg's choice, all cores); 1 leaves the other
+    cores to a live loop that goes on meanwhile."""
     import imageio.v2 as imageio
 
     path = Path(path)
@@ -29,9 +31,13 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.mp4")
     try:
+        # the encoder upscales (nearest neighbour): no scale^2-sized copy of the frames here
+        params = ["-vf", f"scale=iw*{scale}:ih*{scale}:flags=neighbor"] if scale > 1 else []
+        params += ["-threads", str(threads)] if threads else []
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                pixelformat="yuv420p", ffmpeg_log_level="error") as w:  # fmt: skip
-            for frame in upscale(frames, scale):
+                                pixelformat="yuv420p", ffmpeg_log_level="error",
+                                ffmpeg_params=params) as w:  # fmt: skip
+            for frame in frames:
                 w.append_data(frame)
         tmp.replace(path)
     finally:

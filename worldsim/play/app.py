@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -153,6 +154,8 @@ class PlaySession:
         )
         self.real_env, self.real_frame, self.message = None, None, ""
         self.paused, self.t, self.ret, self.fps = False, 0, 0.0, 0.0
+        self._saver: ThreadPoolExecutor | None = None  # writes recordings (`_save_recording`)
+        self._saves: list = []
         self.frame, _ = self.env.reset(seed=cfg.seed)
         if cfg.real:
             self.toggle_real()
@@ -218,15 +221,39 @@ class PlaySession:
         self._save_recording(say_if_empty=True)
 
     def _save_recording(self, say_if_empty: bool = False) -> None:
-        """Save the recording (the player's C, a restart, the end of play) and say so."""
+        """Save the recording (the player's C, a restart, the end of play) and say so. The
+        episode is taken at once; its mp4 and dataset entry are written on a background
+        thread, one after another, so that play does not stall while they encode (a
+        restart's save used to hold the loop for a fraction of a second)."""
+        ep = self.recorder.take()
+        if ep is None:
+            if say_if_empty:
+                self.message = "nothing recorded"
+            return
+        if self._saver is None:
+            self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worldsim-save")
+        self._saves.append(self._saver.submit(self._write_recording, ep))
+
+    def _write_recording(self, ep) -> None:
+        _lower_priority()
         try:
-            path = self.recorder.save("dream")
-            if path or say_if_empty:
-                self.message = f"saved {path}" if path else "nothing recorded"
+            self.message = f"saved {self.recorder.write(ep, 'dream')}"
         except OSError as e:  # an unwritable folder or a full disk: say so and play on
             self.message = f"recording not saved: {e.strerror or e} ({self.cfg.out})"
         except DataError as e:  # e.g. `out` already holds another game's episodes
             self.message = f"recording not saved: {e}"
+
+    def _finish_saves(self) -> None:
+        """Wait for the recordings still being written (and raise what went wrong there,
+        other than the reported OSError and DataError)."""
+        saves, self._saves = self._saves, []
+        try:
+            for f in saves:
+                f.result()
+        finally:
+            if self._saver is not None:
+                self._saver.shutdown(wait=True)
+                self._saver = None
 
     # --- the loop ------------------------------------------------------------------------
     def tick(self, events) -> bool:
@@ -270,9 +297,12 @@ class PlaySession:
         try:
             return self._loop(events_source)
         finally:  # also on Ctrl-C or an error: keep what was recorded, close the window
-            if self.recorder.active:
-                self._save_recording()
-            self.window.close()
+            try:
+                if self.recorder.active:
+                    self._save_recording()
+                self._finish_saves()
+            finally:
+                self.window.close()
 
     def _loop(self, events_source) -> dict:
         period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
@@ -295,6 +325,7 @@ class PlaySession:
         elapsed = time.perf_counter() - t0
         if self.recorder.active:
             self._save_recording()
+        self._finish_saves()
         if self.cfg.screenshot:
             import cv2
 
@@ -306,6 +337,19 @@ class PlaySession:
             "fps": n / elapsed if elapsed else 0.0,
             "message": self.message,
         }
+
+
+def _lower_priority() -> None:
+    """Run the calling thread, and the processes it starts (the video encoder), at a lower
+    priority, where the system allows it per thread (Linux): on a machine with few cores the
+    encoder otherwise takes a core from the world's threads, which then wait on each other
+    at every operation (a step took 5-20x longer while an episode was being written)."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
 
 
 def play(cfg: PlayConfig) -> dict:

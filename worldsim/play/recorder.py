@@ -45,6 +45,12 @@ class Recorder:
 
     def save(self, source: str) -> Path | None:
         """Write what was recorded; returns the mp4 path (None if nothing was played)."""
+        ep = self.take()
+        return None if ep is None else self.write(ep, source)
+
+    def take(self) -> Episode | None:
+        """The episode recorded so far (None if nothing was played), and recording stops: the
+        quick half of `save`, so that a caller can hand the slow half (`write`) to a thread."""
         frames, self.frames = self.frames, []
         if len(frames) < 2:
             return None
@@ -52,6 +58,11 @@ class Recorder:
         ep = Episode(np.stack(frames), np.array(self.actions, np.int64), np.array(self.rewards, np.float32),
                      np.array(self.ends, bool), np.zeros(T, bool))  # fmt: skip
         ep.truncated[-1] = not ep.terminated[-1]
+        return ep
+
+    def write(self, ep: Episode, source: str) -> Path:
+        """Write a `take`n episode: the mp4 (returned) and the dataset entry. One at a time:
+        two writes at once could pick the same file name or episode id."""
         self.out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path, i = self.out / f"{source}-{stamp}.mp4", 1
@@ -60,7 +71,7 @@ class Recorder:
         # the dataset first: it refuses another game's episodes before any file is written
         ds = Dataset.create_or_append(self.out / "episodes", env_id=self.env_id, env=source, action_meanings=self.meanings,
                                       frame_size=list(self.size), test_fraction=0.0)  # fmt: skip
-        write_mp4(path, ep.frames, fps=self.fps, scale=4)
+        write_mp4(path, ep.frames, fps=self.fps, scale=4, threads=1)  # play goes on meanwhile
         try:
             ds.add(ds.next_id(), ep, policy=source)
         except BaseException:  # no video without its episode
