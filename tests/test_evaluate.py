@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from worldsim.cli import main
@@ -25,6 +26,26 @@ def test_eval_writes_report_plot_and_video(tiny_world, tmp_path, capsys):
         if name != "copy last frame":
             assert r["fps_batch1"] > 0 and r["fps_batch32"] > 0 and "psnr" in r["teacher_forced"]
     assert 0 <= report["reward_end"]["reward_accuracy"] <= 1
+    # the values, not only their shape: the copy-last baseline's PSNR recomputed here from
+    # the same held-out starts, and every sampler's scores in their ranges
+    from worldsim.bundle import load_world
+    from worldsim.data.segments import SegmentSampler
+    from worldsim.data.store import Dataset
+
+    bundle = load_world(str(tiny_world), "cpu")
+    K = bundle.context
+    segs = SegmentSampler(Dataset.open(report["data"]), "test", K, horizon=3).sample(
+        2, np.random.default_rng(0)
+    )
+    obs = np.asarray(segs.obs, dtype=np.float64)  # (B, K + 3, 3, H, W)
+    mse = ((obs[:, K - 1 : K] - obs[:, K:]) ** 2).mean(axis=(2, 3, 4))  # (B, 3)
+    want = (10 * np.log10(255**2 / np.maximum(mse, 255**2 / 1e6))).mean(axis=0)
+    got = report["samplers"]["copy last frame"]["autoregressive"]["psnr"]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name, r in report["samplers"].items():
+        ar = r["autoregressive"]
+        assert all(0 < v <= 60 for v in ar["psnr"]) and all(-1 <= v <= 1 for v in ar["ssim"])
+        assert all(v >= 0 for v in ar["sharpness_ratio"]), name
     assert (out / "psnr.png").stat().st_size > 1000
     assert (out / "rollouts.mp4").read_bytes()[4:8] == b"ftyp"
     assert (
