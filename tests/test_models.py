@@ -311,6 +311,14 @@ def test_conv_add_falls_back_where_the_cpu_lacks_the_fused_kernel(monkeypatch):
     torch.testing.assert_close(again, want)
     assert len(calls) == 1 and unet._CONV_ADD_UNSUPPORTED == {torch.float32}
 
+    def fails(*args):  # any other error of the fused op is the caller's to see
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(unet, "_CONV_ADD", fails)
+    monkeypatch.setattr(unet, "_CONV_ADD_UNSUPPORTED", set())
+    with torch.no_grad(), pytest.raises(RuntimeError, match="out of memory"):
+        unet.conv_add(conv, x, other)
+
 
 def test_fused_bf16_group_norm_matches_fp32():
     """Large bf16 channels-last inputs with 6 channels per group at 16x16 are normalised in

@@ -144,9 +144,9 @@ def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
                                fps=0, record=True, out=str(tmp_path)))  # fmt: skip
     release, written, write = threading.Event(), [], s.recorder.write
 
-    def held_write(ep, source):
+    def held_write(ep, source, threads=None):
         assert release.wait(timeout=20)
-        written.append(write(ep, source))
+        written.append(write(ep, source, threads))
         return written[-1]
 
     s.recorder.write = held_write
@@ -164,6 +164,34 @@ def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
     lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
     assert len(written) == len(lengths) >= 2 and sum(lengths) == 10
     assert len(list(tmp_path.glob("*.mp4"))) == len(lengths)
+
+
+def test_an_unexpected_error_while_writing_is_raised_when_play_ends(tiny_world, tmp_path):
+    # a restart's write fails in the background: play goes on; at the end the episode still
+    # being recorded is written (on every encoder thread, play being over), then the error
+    # is raised, not lost in the thread
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=6,
+                               fps=0, out=str(tmp_path)))  # fmt: skip
+    write, calls = s.recorder.write, []
+
+    def first_fails(ep, source, threads=None):
+        calls.append(threads)
+        if len(calls) == 1:
+            raise ValueError("a bug in writing")
+        return write(ep, source, threads)
+
+    s.recorder.write = first_fails
+    for steps in (2, 3):
+        s.recorder.start(s.frame)
+        for _ in range(steps):
+            s.recorder.add(0, s.frame, 0.0, False)
+        if steps == 2:
+            s._save_recording()  # as at a restart
+            assert s.recorder.active is False
+    with pytest.raises(ValueError, match="a bug in writing"):
+        s._end_recording()
+    assert calls == [1, None] and s.message.startswith("saved")
+    assert [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()] == [3]
 
 
 def test_a_screenshot_that_cannot_be_written_is_an_error(tiny_world, tmp_path):

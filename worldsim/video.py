@@ -19,13 +19,15 @@ def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 4,
               overwrite: bool = False, threads: int | None = None) -> Path:  # fmt: skip
     """Write (T, H, W, 3) uint8 frames to an H.264 mp4; refuses to replace a file unless asked.
-    `threads`: the encoder's threads (None: ffmpeg's choice, all cores); 1 leaves the other
-    cores to a live loop that goes on meanwhile."""
+    `threads`: ffmpeg's encoder and filter threads (None: its choice, all cores); 1 leaves the
+    other cores to a live loop that goes on meanwhile."""
     import imageio.v2 as imageio
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace it")
+    if scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +35,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 
     try:
         # the encoder upscales (nearest neighbour): no scale^2-sized copy of the frames here
         params = ["-vf", f"scale=iw*{scale}:ih*{scale}:flags=neighbor"] if scale > 1 else []
-        params += ["-threads", str(threads)] if threads else []
+        params += ["-threads", str(threads), "-filter_threads", str(threads)] if threads else []
         with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 pixelformat="yuv420p", ffmpeg_log_level="error",
                                 ffmpeg_params=params) as w:  # fmt: skip

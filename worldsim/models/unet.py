@@ -165,7 +165,9 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
         try:
             return _CONV_ADD(x, other, conv.weight, conv.bias, conv.padding, conv.stride,
                              conv.dilation, conv.groups, "add", None, None, [], None)  # fmt: skip
-        except RuntimeError:  # e.g. bf16 on a CPU without AVX-512 (the op checks the ISA)
+        except RuntimeError as e:  # bf16 on a CPU without AVX-512: the op checks the ISA
+            if "cpu support" not in str(e):
+                raise
             _CONV_ADD_UNSUPPORTED.add(x.dtype)
     return conv(x).add_(other)
 

@@ -7,6 +7,7 @@ headless, from a scripted source (random, sticky random, or a file of actions).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -221,10 +222,10 @@ class PlaySession:
         self._save_recording(say_if_empty=True)
 
     def _save_recording(self, say_if_empty: bool = False) -> None:
-        """Save the recording (the player's C, a restart, the end of play) and say so. The
-        episode is taken at once; its mp4 and dataset entry are written on a background
-        thread, one after another, so that play does not stall while they encode (a
-        restart's save used to hold the loop for a fraction of a second)."""
+        """Save the recording (the player's C, a restart) and say so. The episode is taken at
+        once; its mp4 and dataset entry are written on a background thread at a lower
+        priority, one after another, so that play does not stall while they encode (a
+        restart's save used to hold the loop for 0.8-4 s on a 2-core CPU)."""
         ep = self.recorder.take()
         if ep is None:
             if say_if_empty:
@@ -232,28 +233,40 @@ class PlaySession:
             return
         if self._saver is None:
             self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worldsim-save")
-        self._saves.append(self._saver.submit(self._write_recording, ep))
+        self._saves.append(self._saver.submit(self._write_in_background, ep))
 
-    def _write_recording(self, ep) -> None:
+    def _write_in_background(self, ep) -> None:
         _lower_priority()
+        self._write_recording(ep, threads=1)
+
+    def _write_recording(self, ep, threads: int | None) -> None:
         try:
-            self.message = f"saved {self.recorder.write(ep, 'dream')}"
+            self.message = f"saved {self.recorder.write(ep, 'dream', threads=threads)}"
         except OSError as e:  # an unwritable folder or a full disk: say so and play on
             self.message = f"recording not saved: {e.strerror or e} ({self.cfg.out})"
         except DataError as e:  # e.g. `out` already holds another game's episodes
             self.message = f"recording not saved: {e}"
+        except Exception as e:  # a bug: say so now, raise it when play ends
+            self.message = f"recording not saved: {e!r}"
+            raise
 
-    def _finish_saves(self) -> None:
-        """Wait for the recordings still being written (and raise what went wrong there,
-        other than the reported OSError and DataError)."""
+    def _end_recording(self) -> None:
+        """At the end of play: let the background writes finish, then write what is still
+        being recorded here, at the normal priority and on every core (play has stopped).
+        Raises the first unexpected error of any write, after writing the rest."""
+        ep = self.recorder.take()
+        if ep is not None:
+            self.message = "saving the recording..."
+            self.draw()
         saves, self._saves = self._saves, []
-        try:
-            for f in saves:
-                f.result()
-        finally:
-            if self._saver is not None:
-                self._saver.shutdown(wait=True)
-                self._saver = None
+        if self._saver is not None:
+            self._saver.shutdown(wait=True)  # in order: files are named and numbered as made
+            self._saver = None
+        errors = [f.exception() for f in saves if f.exception() is not None]
+        if ep is not None:
+            self._write_recording(ep, threads=None)
+        if errors:
+            raise errors[0]
 
     # --- the loop ------------------------------------------------------------------------
     def tick(self, events) -> bool:
@@ -295,14 +308,20 @@ class PlaySession:
     def run(self, events_source) -> dict:
         """Loop until quit (or `frames` headless frames); returns achieved frame rate."""
         try:
-            return self._loop(events_source)
-        finally:  # also on Ctrl-C or an error: keep what was recorded, close the window
-            try:
-                if self.recorder.active:
-                    self._save_recording()
-                self._finish_saves()
-            finally:
-                self.window.close()
+            result = self._loop(events_source)
+            self._end_recording()
+            if self.cfg.screenshot:
+                import cv2
+
+                if not cv2.imwrite(self.cfg.screenshot, self.window.screenshot()[..., ::-1]):
+                    raise OSError(f"could not write the screenshot {self.cfg.screenshot!r}")
+            return {**result, "message": self.message}
+        except BaseException:  # Ctrl-C or an error: still keep what was recorded
+            with contextlib.suppress(Exception):  # (the error on its way out is the one to tell)
+                self._end_recording()
+            raise
+        finally:
+            self.window.close()
 
     def _loop(self, events_source) -> dict:
         period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
@@ -323,20 +342,7 @@ class PlaySession:
             ):
                 break
         elapsed = time.perf_counter() - t0
-        if self.recorder.active:
-            self._save_recording()
-        self._finish_saves()
-        if self.cfg.screenshot:
-            import cv2
-
-            if not cv2.imwrite(self.cfg.screenshot, self.window.screenshot()[..., ::-1]):
-                raise OSError(f"could not write the screenshot {self.cfg.screenshot!r}")
-        return {
-            "frames": n,
-            "seconds": elapsed,
-            "fps": n / elapsed if elapsed else 0.0,
-            "message": self.message,
-        }
+        return {"frames": n, "seconds": elapsed, "fps": n / elapsed if elapsed else 0.0}
 
 
 def _lower_priority() -> None:
@@ -344,12 +350,12 @@ def _lower_priority() -> None:
     priority, where the system allows it per thread (Linux): on a machine with few cores the
     encoder otherwise takes a core from the world's threads, which then wait on each other
     at every operation (a step took 5-20x longer while an episode was being written)."""
+    import sys
     import threading
 
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
-        pass
+    if sys.platform.startswith("linux"):  # elsewhere the id is no process id: leave it be
+        with contextlib.suppress(OSError):  # not allowed: the default priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def play(cfg: PlayConfig) -> dict:

@@ -43,10 +43,10 @@ class Recorder:
                 self.ends.append(terminated),
             )  # noqa: E501
 
-    def save(self, source: str) -> Path | None:
+    def save(self, source: str, threads: int | None = None) -> Path | None:
         """Write what was recorded; returns the mp4 path (None if nothing was played)."""
         ep = self.take()
-        return None if ep is None else self.write(ep, source)
+        return None if ep is None else self.write(ep, source, threads)
 
     def take(self) -> Episode | None:
         """The episode recorded so far (None if nothing was played), and recording stops: the
@@ -60,9 +60,10 @@ class Recorder:
         ep.truncated[-1] = not ep.terminated[-1]
         return ep
 
-    def write(self, ep: Episode, source: str) -> Path:
+    def write(self, ep: Episode, source: str, threads: int | None = None) -> Path:
         """Write a `take`n episode: the mp4 (returned) and the dataset entry. One at a time:
-        two writes at once could pick the same file name or episode id."""
+        two writes at once could pick the same file name or episode id. `threads`: the video
+        encoder's (`write_mp4`)."""
         self.out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path, i = self.out / f"{source}-{stamp}.mp4", 1
@@ -71,7 +72,7 @@ class Recorder:
         # the dataset first: it refuses another game's episodes before any file is written
         ds = Dataset.create_or_append(self.out / "episodes", env_id=self.env_id, env=source, action_meanings=self.meanings,
                                       frame_size=list(self.size), test_fraction=0.0)  # fmt: skip
-        write_mp4(path, ep.frames, fps=self.fps, scale=4, threads=1)  # play goes on meanwhile
+        write_mp4(path, ep.frames, fps=self.fps, scale=4, threads=threads)
         try:
             ds.add(ds.next_id(), ep, policy=source)
         except BaseException:  # no video without its episode
