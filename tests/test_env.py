@@ -123,9 +123,9 @@ def test_bf16_warns_where_it_is_emulated(tiny_world, monkeypatch, native):
     user who asks for it is told so, once, and still gets it."""
     import warnings
 
-    import worldsim.world
+    import worldsim.runtime
 
-    monkeypatch.setattr(worldsim.world, "bf16_is_fast", lambda device: native)
+    monkeypatch.setattr(worldsim.runtime, "bf16_is_fast", lambda device: native)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         env = WorldModelEnv(str(tiny_world), precision="bf16")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,15 @@ def test_optimizer_settings_are_checked_and_no_warmup_works(bricks32, tmp_path):
     cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path}", "model=tiny",
                                              "optim.warmup=0", "batch_size=4"])  # fmt: skip
     assert Trainer(cfg).lr_at(0) == cfg.optim.lr  # no warm-up: the full rate from the start
+
+
+def test_explicit_bf16_training_warns_where_bf16_is_emulated(bricks32, tmp_path, monkeypatch):
+    import worldsim.runtime
+
+    monkeypatch.setattr(worldsim.runtime, "bf16_is_fast", lambda device: False)
+    args = [f"data={bricks32.root}", "model=tiny", "batch_size=4"]
+    with pytest.warns(UserWarning, match="emulated and several times slower than fp32"):
+        Trainer(load_config("train", TrainConfig, [*args, f"out={tmp_path}/a", "precision=bf16"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto picks fp32 there: nothing to say
+        Trainer(load_config("train", TrainConfig, [*args, f"out={tmp_path}/b", "precision=auto"]))

@@ -25,7 +25,13 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.games import EnvConfig
 from worldsim.models.world_model import ModelConfig, WorldModel
-from worldsim.runtime import TRAIN_PRECISIONS, autocast, check_precision, resolve_device
+from worldsim.runtime import (
+    TRAIN_PRECISIONS,
+    autocast,
+    check_precision,
+    resolve_device,
+    warn_if_bf16_emulated,
+)
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,8 @@ class Trainer:
         self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
         self.rank, self.world_size = _init_distributed()
         self.device = resolve_device(cfg.device, self.rank)
+        if cfg.precision == "bf16":  # (auto takes bf16 only where it is native)
+            warn_if_bf16_emulated(self.device)
         self.run = Path(cfg.out)
         self.ds = Dataset.open(cfg.data)
         K = self.model_cfg.denoiser.context

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -13,7 +12,7 @@ from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
 from worldsim.models.unet import pack, unpack
 from worldsim.models.world_model import to_uint8, to_unit
-from worldsim.runtime import bf16_is_fast, check_precision, keep_freed_memory
+from worldsim.runtime import check_precision, keep_freed_memory, warn_if_bf16_emulated
 
 
 def bf16_weights(net: nn.Module) -> nn.Module:
@@ -105,13 +104,8 @@ class World:
         self.device = next(self.model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory()
-        if self.precision == "bf16" and not bf16_is_fast(self.device):
-            warnings.warn(
-                f"precision='bf16' on this {self.device.type.upper()}, which has no native "
-                "bfloat16 (AMX or AVX512-BF16 on a CPU), is emulated and several times slower "
-                "than fp32 (5-8x on an AVX2 CPU); use precision='fp32'",
-                stacklevel=2,
-            )
+        if self.precision == "bf16":
+            warn_if_bf16_emulated(self.device)
         self._bf16: dict[str, nn.Module] = {}  # bfloat16-weight copies, made when first used
         self._r = bundle.model.denoiser.cfg.unet.stem
         # bf16 context where the network reads it in bf16 anyway; a residual denoiser also
