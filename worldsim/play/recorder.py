@@ -43,10 +43,10 @@ class Recorder:
                 self.ends.append(terminated),
             )  # noqa: E501
 
-    def save(self, source: str, threads: int | None = None) -> Path | None:
+    def save(self, source: str) -> Path | None:
         """Write what was recorded; returns the mp4 path (None if nothing was played)."""
         ep = self.take()
-        return None if ep is None else self.write(ep, source, threads)
+        return None if ep is None else self.write(ep, source)
 
     def take(self) -> Episode | None:
         """The episode recorded so far (None if nothing was played), and recording stops: the
