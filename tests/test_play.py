@@ -135,6 +135,19 @@ def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp
     )
 
 
+def test_showing_the_real_game_while_recording_starts_a_new_recorded_episode(tiny_world, tmp_path):
+    # G restarts the dream from the real game's frames: the recording is cut there too, and
+    # every step played is in exactly one saved episode
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=8,
+                               fps=0, record=True, out=str(tmp_path)))  # fmt: skip
+    events = iter([[]] * 3 + [[key(pygame.KEYDOWN, pygame.K_g)]] + [[]] * 4)
+    assert s.run(lambda: next(events))["frames"] == 8
+    assert s.real_frame is not None and s.real_frame.shape == s.frame.shape
+    lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
+    assert len(lengths) >= 2 and sum(lengths) == 8
+
+
 def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
     # the restart's save is still writing (held here until frame 9) while play advances
     import threading

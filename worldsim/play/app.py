@@ -170,22 +170,24 @@ class PlaySession:
 
     # --- commands ------------------------------------------------------------------------
     def reset(self) -> None:
-        recording = self._stop_recording()
-        self.frame, _ = self.env.reset()
-        self.t, self.ret = 0, 0.0
-        if self.real_env is not None:
-            self.real_env = None
-            self.toggle_real()
+        with self._restart():
+            self.frame, _ = self.env.reset()
+            self.t, self.ret = 0, 0.0
+            if self.real_env is not None:
+                self.real_env = None
+                self.toggle_real()
+
+    @contextlib.contextmanager
+    def _restart(self):
+        """Around a restart of the dream: save the episode being recorded, and record on from
+        the new start (a recording never spans a restart, so each saved action produced its
+        next frame)."""
+        recording = self.recorder.active
+        if recording:
+            self._save_recording()
+        yield
         if recording:
             self.recorder.start(self.frame)
-
-    def _stop_recording(self) -> bool:
-        """Before the dream restarts: save the episode being recorded (a recording never
-        spans a restart, so each saved action produced its next frame); whether one was."""
-        if not self.recorder.active:
-            return False
-        self._save_recording()
-        return True
 
     def switch_sampler(self) -> None:
         other = self.samplers[1] if self.env.world.sampler == self.samplers[0] else self.samplers[0]
@@ -206,13 +208,11 @@ class PlaySession:
             return
         K = self.env.bundle.context
         frames, actions = [self.real_env.reset(seed=self.cfg.seed + self.t)[0]] * K, [0] * K
-        recording = self._stop_recording()
-        self.frame, _ = self.env.reset(
-            options={"frames": np.stack(frames), "actions": np.array(actions)}
-        )
+        with self._restart():
+            self.frame, _ = self.env.reset(
+                options={"frames": np.stack(frames), "actions": np.array(actions)}
+            )
         self.real_frame = frames[-1]
-        if recording:
-            self.recorder.start(self.frame)
 
     def toggle_record(self) -> None:
         if not self.recorder.active:
