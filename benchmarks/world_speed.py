@@ -64,6 +64,8 @@ def matmul_gflops(precision: str, device: str, seconds: float = 1.0) -> float:
     a, b = (torch.randn(2048, 2048, device=device, dtype=dtype) for _ in range(2))
     for _ in range(2):
         a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     t, done = time.perf_counter(), 0
     while done < 3 or time.perf_counter() - t < seconds:
         a @ b

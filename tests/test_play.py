@@ -119,33 +119,26 @@ def test_unwritable_recording_folder_is_one_message_and_play_goes_on(tiny_world,
     assert result["frames"] == 5 and result["message"].startswith("recording not saved")
 
 
-def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp_path):
-    # R at the 5th frame: the 4 steps before it and the 6 after are separate episodes, so
-    # that every recorded action produced the frame after it (no cut inside an episode)
+@pytest.mark.parametrize("command", ["reset", "real"])
+def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp_path, command):
+    # R (reset) or G (the real game beside the dream, which restarts from its frames) at the
+    # 5th frame: the 4 steps before it and the 6 after are separate episodes, so that every
+    # recorded action produced the frame after it (no cut inside an episode), and every step
+    # played is in exactly one saved episode
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=10,
                                fps=0, record=True, out=str(tmp_path)))  # fmt: skip
-    events = iter([[]] * 4 + [[key(pygame.KEYDOWN, pygame.K_r)]] + [[]] * 5)
+    press = key(pygame.KEYDOWN, pygame.K_r if command == "reset" else pygame.K_g)
+    events = iter([[]] * 4 + [[press]] + [[]] * 5)
     assert s.run(lambda: next(events))["frames"] == 10
+    if command == "real":
+        assert s.real_frame is not None and s.real_frame.shape == s.frame.shape
     lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
     assert (
         len(lengths) >= 2
         and sum(lengths) == 10
         and len(list(tmp_path.glob("*.mp4"))) == len(lengths)
     )
-
-
-def test_showing_the_real_game_while_recording_starts_a_new_recorded_episode(tiny_world, tmp_path):
-    # G restarts the dream from the real game's frames: the recording is cut there too, and
-    # every step played is in exactly one saved episode
-    os.environ["SDL_VIDEODRIVER"] = "dummy"
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=8,
-                               fps=0, record=True, out=str(tmp_path)))  # fmt: skip
-    events = iter([[]] * 3 + [[key(pygame.KEYDOWN, pygame.K_g)]] + [[]] * 4)
-    assert s.run(lambda: next(events))["frames"] == 8
-    assert s.real_frame is not None and s.real_frame.shape == s.frame.shape
-    lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
-    assert len(lengths) >= 2 and sum(lengths) == 8
 
 
 def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
