@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from worldsim.checkpoint import CheckpointError
 from worldsim.env import WorldModelEnv
 from worldsim.play.app import PlayConfig, PlaySession
 from worldsim.vector_env import WorldModelVectorEnv
@@ -150,11 +151,14 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     if min(args.sizes) < 1 or args.seconds <= 0:
         p.error(f"--sizes must be >= 1 and --seconds > 0, got {args.sizes} and {args.seconds}")
+    try:
+        work = gflop_per_frame(args.world, args.sampler)  # (loads the world: checks --world)
+    except (CheckpointError, ValueError) as e:
+        p.error(str(e))
     print(
         f"device: {args.device} (GPU: {gpu}); machine: {platform.machine()}, {cpu_name()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    work = gflop_per_frame(args.world, args.sampler)
     print(f"network work per frame: {work:.3f} GFLOP (the GFLOP/s columns: frames/s times it)")
     precisions = [args.precision] if isinstance(args.precision, str) else args.precision
     peaks = ", ".join(f"{p} {matmul_gflops(p, args.device):.1f}" for p in precisions)
