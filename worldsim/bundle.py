@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from worldsim import checkpoint as ckpt
+from worldsim.calibration import calibrate
 from worldsim.config import from_dict
 from worldsim.data.store import Dataset
 from worldsim.models.world_model import ModelConfig, WorldModel
@@ -58,6 +59,12 @@ class WorldBundle:
     keys_to_action: dict[tuple[int, ...], int] = field(default_factory=dict)
 
     @property
+    def thresholds(self) -> dict[str, float]:
+        """Logit thresholds of the end and lost-life predictions (chosen at bundle time on
+        the training data; 0, probability one half, for worlds made before that)."""
+        return {"end": 0.0, "life": 0.0, **self.meta.get("thresholds", {})}
+
+    @property
     def action_meanings(self) -> list[str]:
         return list(self.meta["action_meanings"])
 
@@ -88,15 +95,15 @@ def bundle(cfg: BundleConfig) -> Path:
     model_cfg = from_dict(ModelConfig, state["model"])
     model = WorldModel(model_cfg, len(state["action_meanings"]), state["reward_values"])
     ckpt.load_weights(model, weights, path)  # refuse a checkpoint that does not fit its config
-    frames, actions = _starts(
-        Dataset.open(state["config"]["data"]), model_cfg.denoiser.context, cfg.starts
-    )
+    ds = Dataset.open(state["config"]["data"])
+    frames, actions = _starts(ds, model_cfg.denoiser.context, cfg.starts)
+    thresholds = calibrate(model, ds)
     meta = {"kind": "worldsim-world", "env_id": state["env_id"], "action_meanings": state["action_meanings"],
             "frame_size": state["frame_size"], "reward_values": state["reward_values"],
-            "model": state["model"], "keys_to_action": _keymap(state["env_id"]),
+            "model": state["model"], "keys_to_action": _keymap(state["env_id"]), "thresholds": thresholds,
             "lives": bool(state.get("lives")) and model_cfg.reward.life_head,
             "env": {**state["config"].get("env", {}), "id": state["env_id"], "frame_size": state["frame_size"][0]},
-            "source": {"run": str(cfg.run), "step": state["step"], "data": state["config"]["data"],
+            "source": {"run": str(Path(cfg.run).resolve()), "step": state["step"], "data": state["config"]["data"],
                        **({"init": state["config"]["init"]} if state["config"].get("init") else {})}}  # fmt: skip
 
     def files(tmp: Path) -> None:
@@ -164,7 +171,7 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
     )
     if "config" not in state:  # taken from a world: keep where it was made
         return {k: state[k] for k in ("run", "step", "sigma_min", "sigma_max")}
-    return {"run": str(run), "step": state["step"], "sigma_min": state["config"]["sigma_min"],
+    return {"run": str(run.resolve()), "step": state["step"], "sigma_min": state["config"]["sigma_min"],
             "sigma_max": state["config"]["sigma_max"]}  # fmt: skip
 
 

@@ -134,7 +134,22 @@ def _data(argv: list[str]) -> None:
     video.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor")
     video.add_argument("--fps", type=int, default=15, help="frames per second of the video")
     video.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    imp = sub.add_parser("import", help="import your own recordings into a dataset (a folder "
+                         "of videos with per-step action files, or a local Minari dataset)")  # fmt: skip
+    imp.add_argument("source", help="a folder of NAME.mp4 + NAME.csv/.npy (see README, 'Your own "
+                     "game'), or with --minari a local Minari dataset id")  # fmt: skip
+    imp.add_argument("--out", required=True, help="dataset folder to write (or append to)")
+    imp.add_argument("--minari", action="store_true", help="source is a local Minari dataset id")
+    imp.add_argument("--frame-size", type=int, default=64, help="side of the square frames")
+    imp.add_argument("--test-fraction", type=float, default=0.1, help="share held out")
+    imp.add_argument("--game", default="", help="game id to record (default: from the source)")
+    exp = sub.add_parser("export-minari", help="write a dataset as a local Minari dataset")
+    exp.add_argument("dir", help="dataset folder")
+    exp.add_argument("id", help="Minari dataset id to create, e.g. worldsim/bricks-v0")
     args = parser.parse_args(argv)
+    if args.action in ("import", "export-minari"):
+        _data_transfer(args)
+        return
     ds = Dataset.open(args.dir)
     if args.action == "info":
         print(ds.summary())
@@ -154,10 +169,30 @@ def _data(argv: list[str]) -> None:
     print(f"wrote {out} ({len(frames)} frames)")
 
 
+def _data_transfer(args) -> None:
+    from worldsim.data import imports
+
+    if args.action == "export-minari":
+        print(f"wrote the local Minari dataset {imports.export_minari(args.dir, args.id)}")
+        return
+    if not 0 <= args.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    if args.minari:
+        ds = imports.import_minari(args.source, args.out, args.frame_size, args.test_fraction)
+    else:
+        ds = imports.import_videos(
+            args.source, args.out, args.frame_size, args.test_fraction, args.game
+        )
+    print(ds.summary())
+
+
 def _usage(commands) -> str:
     lines = ["usage: worldsim COMMAND [key=value ...]", "", "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (desc, _, _) in commands.items()]
-    lines += [f"  {'data':<10} inspect datasets: data info DIR | data video DIR [--episode N]"]
+    lines += [
+        f"  {'data':<10} datasets: data info DIR | data video DIR | data import SRC --out DIR"
+        " | data export-minari DIR ID"
+    ]
     lines += ["", "`worldsim COMMAND --help` lists a command's keys and defaults."]
     return "\n".join(lines)
 

@@ -199,6 +199,8 @@ def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
 class Distiller(Trainer):
     """Trains the student with the Trainer's loop, checkpoints and resume."""
 
+    progress_name = "distill"
+
     def __init__(self, cfg: DistillConfig):
         self.teacher_state, self.teacher_weights = _teacher(Path(cfg.teacher))
         if not cfg.data:
@@ -210,7 +212,7 @@ class Distiller(Trainer):
                 "(data= must come from the teacher's game)"
             )
         super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
-        self.meta["teacher"] = {"run": cfg.teacher, "step": self.teacher_state["step"],
+        self.meta["teacher"] = {"run": str(Path(cfg.teacher).resolve()), "step": self.teacher_state["step"],
                                 "init": cfg.init or None}  # fmt: skip
         self.meta["reward_values"] = self.teacher_state["reward_values"]
         self.levels = multistep_levels(self.cfg)  # where solve/rollout train the multistep sampler

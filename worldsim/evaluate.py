@@ -18,8 +18,10 @@ import torch
 from tqdm import tqdm
 
 from worldsim.bundle import WorldBundle, load_world
+from worldsim.calibration import end_scores
 from worldsim.data.segments import Segment, SegmentSampler
 from worldsim.data.store import Dataset, atomic_write_json
+from worldsim.inverse_dynamics import action_recovery, train_idm
 from worldsim.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
@@ -56,9 +58,14 @@ class EvalConfig:
     """Replace an existing report."""
     precision: str = "fp32"
     """fp32, or bf16 to score the world as it runs under bfloat16 autocast."""
+    idm_steps: int = 600
+    """Training steps of the inverse-dynamics model that checks, for any game, whether the
+    world's frames show the action it was given (`worldsim.inverse_dynamics`); 0 = skip."""
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.idm_steps < 0:
+            raise ValueError(f"idm_steps must be >= 0 (0 = skip), got {self.idm_steps}")
         if self.starts < 1 or self.horizon < 1:
             raise ValueError(f"starts and horizon must be >= 1, got {self.starts}, {self.horizon}")
 
@@ -101,27 +108,23 @@ def teacher_forced(world: World, obs, act, K, gen) -> dict[str, float]:
 def reward_accuracy(
     bundle: WorldBundle, data: SegmentSampler, n: int, seed: int
 ) -> dict[str, float]:
-    """Reward class and end prediction on real transitions (next frame real)."""
+    """Reward classes on `n` real transitions (next frame real), and the end and lost-life
+    predictions' precision and recall at the world's thresholds over all of `data`."""
     b = _to(data.sample(n, np.random.default_rng(seed)), bundle.model.reward_values.device)
     K = bundle.context
     frames = to_unit(b.obs)
-    logits, end_logit, life_logit = bundle.model.reward(
-        frames[:, :K], b.act[:, K - 1], frames[:, K]
-    )
+    logits, _, _ = bundle.model.reward(frames[:, :K], b.act[:, K - 1], frames[:, K])
     pred = bundle.model.reward_values[logits.argmax(1)]
-    real, end = b.rew[:, 0], b.end[:, 0]
+    real = b.rew[:, 0]
     nonzero = real != 0
-    return {"reward_accuracy": (pred == real).float().mean().item(),
-            "reward_recall_nonzero": (pred[nonzero] == real[nonzero]).float().mean().item() if nonzero.any() else float("nan"),
-            "end_accuracy": ((end_logit > 0) == end).float().mean().item(),
-            "end_recall": ((end_logit > 0) & end).sum().item() / max(int(end.sum()), 1), "ends_seen": int(end.sum()),
-            **(life_accuracy(life_logit > 0, b.life[:, 0]) if bundle.lives else {})}  # fmt: skip
-
-
-def life_accuracy(pred: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-    """Lost-life prediction: the share of real losses caught, and false alarms per 1k steps."""
-    return {"life_recall": (pred & real).sum().item() / max(int(real.sum()), 1),
-            "life_false_per_1k": 1000 * (pred & ~real).float().mean().item(), "lives_seen": int(real.sum())}  # fmt: skip
+    recall = (
+        (pred[nonzero] == real[nonzero]).float().mean().item() if nonzero.any() else float("nan")
+    )
+    out = {"reward_accuracy": (pred == real).float().mean().item(), "reward_recall_nonzero": recall}
+    ends = end_scores(bundle.model, data, bundle.thresholds, seed=seed)
+    if not bundle.lives:
+        ends = {k: v for k, v in ends.items() if not k.startswith("life")}
+    return {**out, **ends}
 
 
 def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int,
@@ -214,6 +217,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     videos, P = {}, cfg.precision
     report["precision"] = P
     samplers = [_for_world(s, bundle) for s in cfg.samplers]
+    A, idm = len(bundle.action_meanings), None
+    if cfg.idm_steps:
+        print(f"eval: training the inverse-dynamics check ({cfg.idm_steps} steps)")
+        idm = train_idm(
+            SegmentSampler(ds, "train", K), A, cfg.idm_steps, seed=cfg.seed, device=device
+        )
     for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
         world, gen = World(bundle, s, P), torch.Generator(device).manual_seed(cfg.seed)
         g = rollout(
@@ -229,6 +238,9 @@ def evaluate(cfg: EvalConfig) -> dict:
             "teacher_forced": teacher_forced(world, b.obs, b.act, K, gen),
             "fps_batch1": speed(bundle, s, 1, 10, P), "fps_batch32": speed(bundle, s, 32, 2, P),
             "action_following": action_following(bundle, s, n=8, seed=cfg.seed, precision=P),
+            "inverse_dynamics": None if idm is None else action_recovery(
+                idm, lambda c, a, w=world, gen=gen: w.draw(c, a, gen),
+                SegmentSampler(ds, "test", K), A, seed=cfg.seed, device=device),
         }  # fmt: skip
     report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,22 +313,29 @@ def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
     hs = [h for h in horizons if h <= H]
     head = "/".join(f"h{h}" for h in hs)
     lines = [f"| sampler | PSNR whole {head} | PSNR moving {head} | sharpness gen/real h1, h{hs[-1]} "
-             f"| teacher-forced PSNR whole, moving | action IoU | frames/s b1, b32 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"| teacher-forced PSNR whole, moving | action IoU | actions recovered world / real (chance) | frames/s b1, b32 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in report["samplers"].items():
         ar = r["autoregressive"]
-        tf, af = r.get("teacher_forced"), r.get("action_following")
+        tf, af, idm = r.get("teacher_forced"), r.get("action_following"), r.get("inverse_dynamics")
         lines.append(
             f"| {name} | " + " / ".join(f"{ar['psnr'][h - 1]:.1f}" for h in hs)
             + " | " + " / ".join(f"{ar['psnr_moving'][h - 1]:.1f}" for h in hs)
             + f" | {ar['sharpness_ratio'][0]:.2f}, {ar['sharpness_ratio'][hs[-1] - 1]:.2f}"
             + (f" | {tf['psnr']:.1f}, {tf['psnr_moving']:.1f}" if tf else " | -")
             + (f" | {af['iou']:.2f}" if af else " | -")
+            + (f" | {idm['world']:.2f} / {idm['real']:.2f} ({idm['chance']:.2f})" if idm else " | -")
             + (f" | {r['fps_batch1']:.0f}, {r['fps_batch32']:.0f} |" if "fps_batch1" in r else " | - |")
         )  # fmt: skip
     re = report["reward_end"]
-    lines.append(f"\nreward accuracy {re['reward_accuracy']:.3f} (non-zero rewards {re['reward_recall_nonzero']:.3f}), "
-                 f"end accuracy {re['end_accuracy']:.3f} (recall {re['end_recall']:.2f} of {re['ends_seen']} ends)")  # fmt: skip
+    lines.append(
+        f"\nreward accuracy {re['reward_accuracy']:.3f} (non-zero rewards "
+        f"{re['reward_recall_nonzero']:.3f}); episode ends: precision {re['end_precision']:.2f}, "
+        f"recall {re['end_recall']:.2f} of {re['end_seen']}, "
+        f"{re['end_false_per_1k']:.1f} false alarms per 1k steps"
+    )
     if "life_recall" in re:
-        lines[-1] += (f", lost lives caught {re['life_recall']:.2f} of {re['lives_seen']}, "
-                      f"{re['life_false_per_1k']:.1f} false alarms per 1k steps")  # fmt: skip
+        lines[-1] += (
+            f"; lost lives: precision {re['life_precision']:.2f}, recall {re['life_recall']:.2f} "
+            f"of {re['life_seen']}, {re['life_false_per_1k']:.1f} false alarms per 1k steps"
+        )
     return "\n".join(lines)

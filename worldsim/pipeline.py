@@ -7,6 +7,7 @@ command after a crash picks up where it stopped.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from worldsim.data.store import DataError, Dataset
 from worldsim.games import EnvConfig
 from worldsim.models.reward import RewardConfig
 from worldsim.models.world_model import ModelConfig
+from worldsim.policies import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,14 @@ class PipelineConfig:
     """The game (env=bricks|maze|gym|atari)."""
     preset: PresetConfig = field(default_factory=PresetConfig)
     """Stage sizes (preset=quick|full)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The behaviour policy that plays the game for the data (policy.name=auto: the game's
+    scripted autopilot where it has one, else sticky-random play)."""
     name: Literal["quick", "full", "custom"] = "custom"
     """Name of the preset (set by preset=...)."""
-    root: str = "pipelines/bricks"
-    """Folder holding data/, teacher/, student/, world/ (and world/eval/)."""
+    root: str = ""
+    """Folder holding data/, teacher/, student/, world/ (and world/eval/); empty =
+    pipelines/<game>-<preset>, e.g. pipelines/pong-quick for env=atari env.id=Pong."""
     seed: int = 0
     """Seeds every stage."""
     device: str = "auto"
@@ -93,6 +99,40 @@ def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     return state["step"] >= steps or bool(spent)
 
 
+def default_root(env: EnvConfig, preset: str) -> Path:
+    """pipelines/<game>-<preset>: the game's id without its namespace or version, lowercased.
+
+    >>> default_root(EnvConfig(name="atari", id="ALE/Pong-v5", kind="atari"), "quick").as_posix()
+    'pipelines/pong-quick'
+    >>> default_root(EnvConfig(), "full").as_posix()
+    'pipelines/bricks-full'
+    """
+    game = re.sub(r"-v\d+$", "", env.id.rsplit("/", 1)[-1]).lower()
+    return Path("pipelines") / f"{re.sub(r'[^a-z0-9_.-]+', '_', game)}-{preset}"
+
+
+def _check_game(root: Path, env: EnvConfig) -> None:
+    """Refuse a folder whose data, teacher or world come from another game than `env`'s."""
+    want, found = env.id, []
+    if (root / "data" / "manifest.json").is_file():
+        found.append(("data", Dataset.open(root / "data").meta.get("env_id")))
+    for stage in ("teacher", "student"):
+        if (root / stage / "latest").is_file():
+            try:
+                state = ckpt.load_json(ckpt.latest_checkpoint(root / stage) / "state.json")
+            except ckpt.CheckpointError:
+                continue
+            found.append((stage, state.get("env_id")))
+    if (root / "world" / "world.json").is_file():
+        found.append(("world", ckpt.load_json(root / "world" / "world.json").get("env_id")))
+    for stage, game in found:
+        if game != want:
+            raise ValueError(
+                f"{root}: its {stage} is of the game {game}, not {want}; choose another "
+                "root= (by default pipelines/<game>-<preset>)"
+            )
+
+
 def pipeline(cfg: PipelineConfig) -> Path:
     from worldsim.bundle import BundleConfig, bundle
     from worldsim.data.collect import CollectConfig, collect
@@ -100,7 +140,9 @@ def pipeline(cfg: PipelineConfig) -> Path:
     from worldsim.evaluate import EvalConfig, evaluate, summary
     from worldsim.train import TrainConfig, train
 
-    p, root = cfg.preset, Path(cfg.root)
+    p, root = cfg.preset, Path(cfg.root) if cfg.root else default_root(cfg.env, cfg.name)
+    _check_game(root, cfg.env)
+    print(f"pipeline folder: {root}")
     data, teacher, student, world = (
         root / "data",
         root / "teacher",
@@ -113,8 +155,16 @@ def pipeline(cfg: PipelineConfig) -> Path:
         have = 0
     if have < p.collect_steps:
         print(f"[1/5] collect: {p.collect_steps - have} steps of {cfg.env.name}")
-        collect(CollectConfig(env=cfg.env, out=str(data), steps=p.collect_steps - have, seed=cfg.seed + have,
-                              test_fraction=p.test_fraction))  # fmt: skip
+        collect(
+            CollectConfig(
+                env=cfg.env,
+                policy=cfg.policy,
+                out=str(data),
+                steps=p.collect_steps - have,
+                seed=cfg.seed + have,
+                test_fraction=p.test_fraction,
+            )
+        )
     print(
         "[2/5] train the teacher"
         + (" (done)" if _complete_run(teacher, p.train_steps, p.train_minutes) else "")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from worldsim import checkpoint as ckpt
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.games import EnvConfig
+from worldsim.models.reward import balanced_weight
 from worldsim.models.world_model import ModelConfig, WorldModel
 from worldsim.runtime import (
     TRAIN_PRECISIONS,
@@ -43,7 +45,8 @@ class OptimConfig:
     weight_decay: float = 1e-2
     """AdamW weight decay."""
     warmup: int = 200
-    """Steps of linear warm-up (0 = none)."""
+    """Steps of linear warm-up (0 = none); a shorter run warms up for a tenth of its planned
+    steps instead (under a time budget, the steps the budget is expected to allow)."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this."""
 
@@ -76,7 +79,12 @@ class RunConfig:
     """Wall-clock budget in minutes over the whole run, resumes included; training stops (with
     a checkpoint) when it is spent. 0 = none."""
     ema: float = 0.999
-    """Decay of the EMA weights (those are what worlds use)."""
+    """Decay per step of the EMA weights (those are what worlds use), once the run is long
+    enough: see `ema_rampup`."""
+    ema_rampup: float = 0.05
+    """EMA ramp-up (EDM's `ema_rampup_ratio`): the EMA's half-life is at most this share of
+    the steps so far, so a short run's EMA follows its training instead of staying near
+    the initial weights. 0 = the fixed decay `ema` from the first step."""
     eval_every: int = 500
     """Steps between held-out losses."""
     sample_every: int = 1000
@@ -100,6 +108,8 @@ class RunConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.ema_rampup <= 1:
+            raise ValueError(f"ema_rampup must be in [0, 1], got {self.ema_rampup}")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no budget), got {self.minutes}")
 
@@ -128,6 +138,8 @@ class TrainConfig(RunConfig):
 class Trainer:
     """Owns the model, EMA, optimizer, data and RNGs of one run, and their checkpoints."""
 
+    progress_name = "train"
+
     def __init__(self, cfg: RunConfig, model_cfg: ModelConfig | None = None):
         self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
         self.rank, self.world_size = _init_distributed()
@@ -155,7 +167,7 @@ class Trainer:
         self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
                      "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
                      "reward_values": reward_values, "model": _plain(self.model_cfg),
-                     "lives": self.ds.lives, "config": _plain(cfg)}  # fmt: skip
+                     "lives": self.ds.lives, "config": _plain(_absolute_paths(cfg))}  # fmt: skip
         self._start_or_resume()
         self.ddp = self.model
         if self.world_size > 1:
@@ -208,7 +220,28 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        return self.cfg.optim.lr * min(1.0, (step + 1) / max(self.cfg.optim.warmup, 1))
+        """Linear warm-up over `optim.warmup` steps, or a tenth of the planned run if shorter."""
+        warmup = min(self.cfg.optim.warmup, max(1, self.planned_steps() // 10))
+        return self.cfg.optim.lr * min(1.0, (step + 1) / warmup)
+
+    def ema_decay_at(self, step: int) -> float:
+        """EMA decay for the update after `step` steps: the configured decay, with its
+        half-life capped at `ema_rampup` times the steps so far (EDM's training loop)."""
+        cfg = self.cfg
+        if cfg.ema_rampup <= 0 or cfg.ema == 0:
+            return cfg.ema
+        halflife = min(math.log(0.5) / math.log(cfg.ema), (step + 1) * cfg.ema_rampup)
+        return 0.5 ** (1 / max(halflife, 1e-8))
+
+    def planned_steps(self) -> int:
+        """Steps this run will end at: `steps`, or fewer when the time budget is expected to
+        run out first (estimated from the time per step so far)."""
+        cfg = self.cfg
+        if cfg.minutes <= 0 or self.step < 3 or self.elapsed <= 0:
+            return cfg.steps
+        per_step = self.elapsed / self.step
+        left = max(60 * cfg.minutes - self.elapsed, 0.0)
+        return min(cfg.steps, self.step + int(left / per_step))
 
     def _batch(self, step: int):
         """The training batch of `step`: a function of (seed, rank, step) alone, so a resumed
@@ -239,13 +272,16 @@ class Trainer:
             loss, metrics = self.compute_loss(self.ddp, batch, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm"] = float(
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        )
+        # each network clipped on its own: a rare event's large reward-model gradient does not
+        # shrink the denoiser's step
+        norms = [torch.nn.utils.clip_grad_norm_(p, cfg.optim.grad_clip) for p in self.clip_groups()]
+        metrics["grad_norm"] = float(norms[0])
         self.opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(
-                list(self.ema.parameters()), list(self.model.parameters()), 1 - cfg.ema
+                list(self.ema.parameters()),
+                list(self.model.parameters()),
+                1 - self.ema_decay_at(self.step),
             )
         self.step += 1
         return metrics
@@ -261,9 +297,22 @@ class Trainer:
             losses.append(m["loss"])
         return float(np.mean(losses))
 
+    def clip_groups(self) -> list[list[torch.nn.Parameter]]:
+        """Parameters whose gradient norm is clipped together (the denoiser's first)."""
+        parts = (
+            [self.model.denoiser, self.model.reward]
+            if isinstance(self.model, WorldModel)
+            else [self.model]
+        )
+        return [list(m.parameters()) for m in parts]
+
     # --- what a subclass (the distiller) changes -----------------------------------------
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         model = WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
+        if not self.model_cfg.reward.end_weight:  # balance the rare ends and lost lives
+            _, _, ends, lost = self.train_data.flat
+            model.end_weight = balanced_weight(int(ends.sum()), len(ends))
+            model.life_weight = balanced_weight(int(lost.sum()), len(lost))
         if self.cfg.init:
             _init_from(model, Path(self.cfg.init), reward_values)
         if self.cfg.reward_only:
@@ -289,10 +338,31 @@ class Trainer:
             return self.step
         return max(self.step, int(self.cfg.steps * self.elapsed / (60 * self.cfg.minutes)))
 
+    def _warn_if_short(self) -> None:
+        """Say how far a time-budgeted run got, and warn when that is too few steps."""
+        cfg = self.cfg
+        if cfg.minutes <= 0 or self.step >= cfg.steps:
+            return
+        per_step = self.elapsed / max(self.step, 1)
+        print(
+            f"{self.run}: {self.step} steps in {self.elapsed / 60:.1f} min ({per_step:.2f} s/step)"
+        )
+        if self.step < MIN_USEFUL_STEPS:
+            print(
+                f"warning: {self.step} steps are too few for a useful world (aim for at least "
+                f"{MIN_USEFUL_STEPS}); is the machine busy? Continue with resume=true and a larger "
+                f"minutes= (now {cfg.minutes:g}), or free the CPU",
+                file=sys.stderr,
+            )
+
     def fit(self) -> None:
         cfg, t0 = self.cfg, time.monotonic() - self.elapsed
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc="train", unit="step", disable=self.rank != 0
+            total=self.planned_steps(),
+            initial=self.step,
+            desc=self.progress_name,
+            unit="step",
+            disable=self.rank != 0,
         )
         log = open(self.run / "log.jsonl", "a") if self.rank == 0 else None
         last = time.monotonic()
@@ -302,6 +372,8 @@ class Trainer:
             self.elapsed = now - t0
             m["samples_per_s"] = cfg.batch_size * self.world_size / max(now - last, 1e-9)
             last = now
+            if cfg.minutes > 0:  # the total is whichever ends first, steps or time
+                bar.total = self.planned_steps()
             bar.update(1)
             bar.set_postfix(
                 loss=f"{m['loss']:.4f}",
@@ -323,8 +395,21 @@ class Trainer:
                 bar.write(f"time budget of {cfg.minutes} min spent at step {self.step}")
                 break
         bar.close()
+        if self.rank == 0:
+            self._warn_if_short()
         if log is not None:
             log.close()
+
+
+MIN_USEFUL_STEPS = 1000
+"""Fewer optimizer steps than this rarely give a world better than copying the last frame."""
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The config with its folders absolute, so a run folder works from any directory."""
+    paths = {k: str(Path(getattr(cfg, k)).resolve()) for k in ("data", "out", "init", "teacher")
+             if getattr(cfg, k, "")}  # fmt: skip
+    return replace(cfg, **paths)
 
 
 def _plain(cfg) -> dict:

@@ -189,7 +189,9 @@ class World:
         self._ctx = torch.cat([self._ctx[:, nxt.shape[1] :], nxt], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
-        return Step(unpack(frame, self._r).permute(0, 2, 3, 1), rewards, e_logit > 0, l_logit > 0)
+        t = self.bundle.thresholds
+        frames = unpack(frame, self._r).permute(0, 2, 3, 1)
+        return Step(frames, rewards, e_logit > t["end"], l_logit > t["life"])
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""

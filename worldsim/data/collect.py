@@ -92,7 +92,9 @@ def collect(cfg: CollectConfig) -> Dataset:
     """Record `cfg.steps` steps of play into `cfg.out` and return the dataset."""
     env = make_env(cfg.env)
     obs_shape = env.observation_space.shape
-    Policy(cfg.policy, env, np.random.default_rng(0))  # fail early on a policy the game lacks
+    policy = Policy(
+        cfg.policy, env, np.random.default_rng(0)
+    ).name  # fails early if the game lacks it
     lives = "lives" in env.reset(seed=cfg.seed)[1]  # the game reports lives: record lost ones
     ds = Dataset.create_or_append(
         cfg.out, env_id=cfg.env.id, env=cfg.env.name, action_meanings=action_meanings(env),
@@ -103,7 +105,7 @@ def collect(cfg: CollectConfig) -> Dataset:
     budgets = [cfg.steps // cfg.workers + (r < cfg.steps % cfg.workers) for r in range(cfg.workers)]
     with tqdm(total=cfg.steps, desc=f"collect {cfg.env.name}", unit="step", smoothing=0.1) as bar:
         if cfg.workers == 1:  # in this process: no start-up cost, works from any script
-            _worker(cfg, 0, first_id, cfg.steps, _Inline(ds, bar, cfg.policy.name))
+            _worker(cfg, 0, first_id, cfg.steps, _Inline(ds, bar, policy))
             return ds
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -111,7 +113,7 @@ def collect(cfg: CollectConfig) -> Dataset:
                  for r, b in enumerate(budgets) if b > 0]  # fmt: skip
         for p in procs:
             p.start()
-        sink, recorded = _Inline(ds, bar, cfg.policy.name), 0
+        sink, recorded = _Inline(ds, bar, policy), 0
         while recorded < cfg.steps:
             msg = _get(queue, procs)
             sink.put(msg)

@@ -17,8 +17,11 @@ class RewardConfig:
 
     channels: tuple[int, ...] = (32, 64, 64)
     """Channels of its stride-2 convolutions."""
-    end_weight: float = 5.0
-    """Weight of the (rare) positive class in the episode-end and lost-life losses."""
+    end_weight: float = 0.0
+    """Weight of the (rare) positive class in the episode-end and lost-life losses; 0 = from
+    the training data: the square root of the ratio of negatives to positives, in [1, 100]
+    (Pong ends once in ~800 steps: ~28). The decision threshold is then chosen on data
+    (`best_threshold`), so the weight only has to make the rare class learnable."""
     life_head: bool = False
     """Also predict whether the step lost a life, for games that report lives (their data
     records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""
@@ -103,15 +106,55 @@ class RewardEndModel(nn.Module):
             self._packed_w = (key, _refold(w, r, p, lo))
         return F.conv2d(x, self._packed_w[1], conv.bias, padding=lo)
 
-    def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None) -> torch.Tensor:
-        """Reward cross-entropy plus the end (and lost-life) binary cross-entropies."""
+    def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None,
+             life_weight: float | None = None) -> torch.Tensor:  # fmt: skip
+        """Reward cross-entropy plus the end (and lost-life) binary cross-entropies, their
+        positive classes weighted by `end_weight` (and `life_weight`, default the same)."""
         r_logits, e_logit, l_logit = self(obs, action, nxt)
-        pos_weight = torch.tensor(end_weight, device=obs.device)
-        loss = F.cross_entropy(r_logits, reward_idx) + F.binary_cross_entropy_with_logits(
-            e_logit, end.float(), pos_weight=pos_weight
-        )
+        bce = F.binary_cross_entropy_with_logits
+        w_end = torch.tensor(end_weight, device=obs.device)
+        loss = F.cross_entropy(r_logits, reward_idx) + bce(e_logit, end.float(), pos_weight=w_end)
         if self.life_head:
-            loss = loss + F.binary_cross_entropy_with_logits(
-                l_logit, life.float(), pos_weight=pos_weight
-            )
+            w_life = torch.tensor(end_weight if life_weight is None else life_weight,
+                                  device=obs.device)  # fmt: skip
+            loss = loss + bce(l_logit, life.float(), pos_weight=w_life)
         return loss
+
+
+def balanced_weight(positives: int, total: int) -> float:
+    """Positive-class weight for a rare event: sqrt(negatives / positives), in [1, 100].
+
+    >>> balanced_weight(1, 801), balanced_weight(0, 100), balanced_weight(50, 100)
+    (28.284271247461902, 1.0, 1.0)
+    """
+    if positives == 0:
+        return 1.0
+    return min(100.0, max(1.0, ((total - positives) / positives) ** 0.5))
+
+
+def best_threshold(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> float:
+    """The logit threshold (predict positive where logit > it) with the best F1 on these
+    examples, each counted `weights` times (a subsample of negatives standing for all of
+    them counts more than once). Without positives: 0.0 (probability one half).
+
+    >>> best_threshold(torch.tensor([-3.0, -1.0, 2.0, 4.0]), torch.tensor([False, False, True, True]))
+    0.5
+    >>> w = torch.tensor([0.1, 0.1, 1.0, 1.0])
+    >>> best_threshold(torch.tensor([-3.0, 5.0, 2.0, 4.0]), torch.tensor([False, False, True, True]), w)
+    -0.5
+    """
+    logits, labels = logits.float().flatten(), labels.bool().flatten()
+    if not labels.any():
+        return 0.0
+    weights = torch.ones_like(logits) if weights is None else weights.float().flatten()
+    order = logits.argsort(descending=True)
+    z, y, w = logits[order], labels[order].float(), weights[order]
+    tp = (y * w).cumsum(0)  # predicting the first i+1 positive: threshold just below z[i]
+    fp = ((1 - y) * w).cumsum(0)
+    f1 = 2 * tp / (tp + fp + (y * w).sum())
+    i = int(f1.argmax())
+    # halfway to the next lower logit, so that z[i] itself is above the threshold
+    below = z[i + 1] if i + 1 < len(z) else z[i] - 1.0
+    return float((z[i] + below) / 2)

@@ -42,6 +42,9 @@ class WorldModel(nn.Module):
         self.reward = RewardEndModel(
             cfg.reward, cfg.denoiser.context, num_actions, len(reward_values)
         )
+        # positive-class weights of the end and lost-life losses; with end_weight=0 the
+        # trainer sets them from its data (`balanced_weight`)
+        self.end_weight = self.life_weight = cfg.reward.end_weight or 1.0
 
     def reward_index(self, rewards: torch.Tensor) -> torch.Tensor:
         """Class of each reward: the nearest of the known reward values."""
@@ -57,8 +60,9 @@ class WorldModel(nn.Module):
         ctx, x0 = frames[:, :K], frames[:, K]
         life = torch.zeros_like(end) if life is None else life
         loss_r = self.reward.loss(
-            ctx, act[:, -1], x0, self.reward_index(rew), end, self.cfg.reward.end_weight, life
-        )
+            ctx, act[:, -1], x0, self.reward_index(rew), end, self.end_weight, life,
+            self.life_weight,
+        )  # fmt: skip
         if not denoiser:
             return loss_r, {"loss": loss_r.item(), "reward_loss": loss_r.item()}
         loss_d = self.denoiser.loss(x0, ctx, act, generator)

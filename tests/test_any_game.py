@@ -1,0 +1,275 @@
+"""Any game a user brings: pipeline folders per game, run folders usable from anywhere, short
+runs that give sensible worlds, rare episode ends, and an action check for any game."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN
+
+from worldsim.config import load_config
+from worldsim.data.segments import SegmentSampler
+from worldsim.data.store import Dataset, Episode
+from worldsim.games import EnvConfig
+from worldsim.train import TrainConfig, Trainer, train
+
+
+def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) -> Dataset:
+    """A synthetic game: a white dot that actions 1-4 move (left, right, up, down) and action
+    0 leaves. With `end_frame`, each episode's last frame is red: an end, rare (1 in
+    `length`) but visible."""
+    rng = np.random.default_rng(seed)
+    ds = Dataset.create_or_append(root, env_id="test/Dot-v0", env="dot", test_fraction=0.25,
+                                  action_meanings=["NOOP", "LEFT", "RIGHT", "UP", "DOWN"],
+                                  frame_size=[size, size], lives=False)  # fmt: skip
+    moves = {0: (0, 0), 1: (0, -2), 2: (0, 2), 3: (-2, 0), 4: (2, 0)}
+    for ep in range(episodes):
+        y, x = rng.integers(4, size - 4, 2)
+        frames, actions = [], rng.integers(0, 5, length)
+        for t in range(length + 1):
+            f = np.zeros((size, size, 3), np.uint8)
+            f[y : y + 2, x : x + 2] = 255
+            if end_frame and t == length:
+                f[..., 0] = 200
+            frames.append(f)
+            if t < length:
+                dy, dx = moves[int(actions[t])]
+                y, x = int(np.clip(y + dy, 0, size - 2)), int(np.clip(x + dx, 0, size - 2))
+        term = np.zeros(length, bool)
+        term[-1] = end_frame
+        ds.add(ep, Episode(np.stack(frames), actions.astype(np.int64), np.zeros(length, np.float32),
+                           term, np.zeros(length, bool)), "random")  # fmt: skip
+    return ds
+
+
+# --- pipeline folders ---------------------------------------------------------------------
+
+
+def test_pipeline_folder_is_named_by_the_game():
+    from worldsim.pipeline import default_root
+
+    atari = EnvConfig(name="atari", id="Breakout", kind="atari")
+    assert default_root(atari, "quick").as_posix() == "pipelines/breakout-quick"
+    assert default_root(EnvConfig(name="gym", id="CartPole-v1", kind="gym"), "full").name == (
+        "cartpole-full"
+    )
+
+
+def test_pipeline_refuses_a_folder_of_another_game(tmp_path, bricks32):
+    import shutil
+
+    from worldsim.pipeline import PipelineConfig, pipeline
+
+    root = tmp_path / "p"
+    shutil.copytree(bricks32.root, root / "data")  # a Bricks dataset where Maze should go
+    cfg = load_config("pipeline", PipelineConfig, [f"root={root}", "env=maze"])
+    with pytest.raises(
+        ValueError, match=r"data is of the game worldsim/Bricks-v0, not worldsim/Maze-v0"
+    ):
+        pipeline(cfg)
+    assert not (root / "teacher").exists()  # refused before anything was made
+
+
+def test_pipeline_has_a_policy_key_and_auto_plays_any_game():
+    import gymnasium as gym
+
+    from worldsim.pipeline import PipelineConfig
+    from worldsim.policies import Policy, PolicyConfig
+
+    cfg = load_config("pipeline", PipelineConfig, ["policy.name=sticky", "policy.repeat=8"])
+    assert cfg.policy == PolicyConfig(name="sticky", repeat=8)
+    rng = np.random.default_rng(0)
+    assert Policy(PolicyConfig(), gym.make("worldsim/Bricks-v0"), rng).name == "scripted"
+    assert Policy(PolicyConfig(), gym.make("CartPole-v1"), rng).name == "sticky"
+    with pytest.raises(ValueError, match="no scripted policy"):
+        Policy(PolicyConfig(name="scripted"), gym.make("CartPole-v1"), rng)
+
+
+def test_a_run_folder_works_from_another_directory(bricks32, tmp_path, monkeypatch):
+    from worldsim.bundle import BundleConfig, bundle, load_world
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    (here / "data").symlink_to(bricks32.root)
+    monkeypatch.chdir(here)
+    cfg = load_config("train", TrainConfig, ["data=data", "out=runs/r", *TINY_TRAIN, "steps=2",
+                                             "batch_size=4"])  # fmt: skip
+    train(cfg)
+    monkeypatch.chdir(elsewhere)
+    world = bundle(BundleConfig(run=str(here / "runs" / "r"), out="w", starts=2))
+    assert load_world(world).meta["source"]["data"] == str((here / "data").resolve())
+
+
+# --- short runs ---------------------------------------------------------------------------
+
+
+def test_ema_ramps_up_so_a_short_run_keeps_what_it_learned(bricks32, tmp_path):
+    trainer = Trainer(load_config("train", TrainConfig, [
+        f"data={bricks32.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "ema=0.999", "steps=30",
+        "batch_size=4", "optim.lr=3e-3"]))  # fmt: skip
+    # EDM's ramp-up: the half-life is at most 5% of the steps so far, and the decay set in
+    # `ema` once the run is long enough for it
+    assert trainer.ema_decay_at(0) == pytest.approx(0.5**20)
+    assert trainer.ema_decay_at(99) == pytest.approx(0.5 ** (1 / 5))
+    assert trainer.ema_decay_at(10**6) == pytest.approx(0.999)
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+
+    def moved(params):
+        return sum((p - s).pow(2).sum() for p, s in zip(params, start, strict=True)).sqrt()
+
+    # a fixed 0.999 decay would have left the EMA at ~3% of the way after 30 steps
+    assert moved(trainer.ema.parameters()) > 0.5 * moved(trainer.model.parameters())
+
+
+def test_warmup_and_progress_total_follow_a_time_budget(bricks32, tmp_path):
+    trainer = Trainer(load_config("train", TrainConfig, [
+        f"data={bricks32.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=100000",
+        "minutes=10", "optim.warmup=200", "optim.lr=1e-3"]))  # fmt: skip
+    assert trainer.planned_steps() == 100_000  # nothing measured yet
+    trainer.step, trainer.elapsed = 100, 60.0  # 0.6 s a step: 900 more in the 9 minutes left
+    assert trainer.planned_steps() == 1000
+    assert trainer.lr_at(0) == pytest.approx(1e-3 / 100)  # warm-up: a tenth of the run
+    trainer.elapsed = 600.0
+    assert trainer.planned_steps() == 100  # the budget is spent
+
+
+def test_a_short_time_budget_says_how_far_it_got(bricks32, tmp_path, capsys):
+    train(load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path / 'r'}",
+                                             *TINY_TRAIN, "minutes=0.02", "batch_size=4"]))  # fmt: skip
+    err = capsys.readouterr()
+    assert "steps in 0.0 min" in err.out
+    assert "too few for a useful world" in err.err and "resume=true" in err.err
+
+
+# --- rare episode ends --------------------------------------------------------------------
+
+
+def test_end_head_learns_rare_ends_and_its_threshold_is_calibrated(tmp_path):
+    from worldsim.calibration import calibrate, end_scores
+
+    ds = dot_game(tmp_path / "dot", episodes=16, length=300, end_frame=True)
+    run = train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
+                                                   *TINY_TRAIN, "steps=250", "batch_size=32"]))  # fmt: skip
+    trainer = Trainer(load_config("train", TrainConfig, [f"data={ds.root}", f"out={run}",
+                                                         *TINY_TRAIN, "steps=250", "resume=true"]))  # fmt: skip
+    assert trainer.model.end_weight == pytest.approx(math.sqrt(299))  # 1 end in 300 steps
+    model = trainer.ema.eval()
+    thresholds = calibrate(model, ds)
+    test = SegmentSampler(ds, "test", model.cfg.denoiser.context)
+    scores = end_scores(model, test, thresholds)
+    assert scores["end_seen"] == 4
+    assert scores["end_recall"] > 0.9 and scores["end_precision"] > 0.9
+
+
+# --- action following for any game --------------------------------------------------------
+
+
+def test_inverse_dynamics_tells_a_world_that_follows_the_keys_from_one_that_does_not(tmp_path):
+    from worldsim.inverse_dynamics import action_recovery, train_idm
+
+    ds = dot_game(tmp_path / "dot", episodes=8, length=200)
+    train_split, test = SegmentSampler(ds, "train", 2), SegmentSampler(ds, "test", 2)
+    idm = train_idm(train_split, 5, steps=300)
+    shifts = {0: (0, 0), 1: (0, -2), 2: (0, 2), 3: (-2, 0), 4: (2, 0)}
+
+    def follows(ctx, act):  # the game's own rule, as a perfect world would draw it
+        return torch.stack([torch.roll(f[-1], shifts[int(a)], dims=(1, 2))
+                            for f, a in zip(ctx, act[:, -1], strict=True)])  # fmt: skip
+
+    def ignores(ctx, act):  # a world that draws the dot where it was
+        return ctx[:, -1]
+
+    good = action_recovery(idm, follows, test, 5, n=256)
+    bad = action_recovery(idm, ignores, test, 5, n=256)
+    assert good["real"] > 0.6 and good["world"] > 0.85 * good["real"]
+    assert bad["world"] < 0.3 and bad["chance"] == pytest.approx(0.2)
+
+
+# --- your own recordings ------------------------------------------------------------------
+
+
+def _write_video(path, frames):
+    import cv2
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15, frames.shape[2:0:-1])
+    for f in frames:
+        out.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    out.release()
+
+
+def test_a_folder_of_videos_and_action_files_imports_and_trains(tmp_path):
+    from worldsim.data.imports import import_videos
+
+    src = dot_game(tmp_path / "dot", episodes=3, length=40)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i, entry in enumerate(src.entries()):
+        ep = src.load(entry)
+        _write_video(folder / f"play{i}.mp4", ep.frames)
+        if i == 0:  # an .npy of actions
+            np.save(folder / f"play{i}.npy", ep.actions)
+        else:  # a CSV with a header, rewards and ends
+            rows = ["action,reward,terminated"] + [f"{a},{r},{int(t)}" for a, r, t in
+                                                   zip(ep.actions, ep.rewards, ep.terminated, strict=True)]  # fmt: skip
+            (folder / f"play{i}.csv").write_text("\n".join(rows) + "\n")
+    (folder / "actions.json").write_text('["NOOP", "LEFT", "RIGHT", "UP", "DOWN"]')
+    ds = import_videos(folder, tmp_path / "imported", frame_size=32, test_fraction=0.34)
+    assert ds.action_meanings == ["NOOP", "LEFT", "RIGHT", "UP", "DOWN"]
+    got, real = ds.load(ds.entries()[1]), src.load(src.entries()[1])
+    assert np.array_equal(got.actions, real.actions) and got.frames.shape == real.frames.shape
+    assert np.abs(got.frames.astype(int) - real.frames).mean() < 8  # a lossy codec, same frames
+    train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
+                                             *TINY_TRAIN, "steps=2", "batch_size=4"]))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("no_actions", r"play0.mp4: no action file beside it"),
+        ("short", r"play0.csv: 39 actions for a video of 41 frames; expected one action per step \(40\)"),
+        ("text", r"play0.csv: column 'action' holds a value that is not a number"),
+        ("header", r"play0.csv: expected a header row with an 'action' column"),
+    ],
+)  # fmt: skip
+def test_a_malformed_recording_is_one_clear_error_and_nothing_is_written(
+    tmp_path, problem, message
+):
+    from worldsim.data.imports import import_videos
+    from worldsim.data.store import DataError
+
+    src = dot_game(tmp_path / "dot", episodes=1, length=40)
+    ep = src.load(src.entries()[0])
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _write_video(folder / "play0.mp4", ep.frames)
+    actions = [str(a) for a in ep.actions]
+    if problem == "short":
+        actions = actions[:-1]
+    if problem == "text":
+        actions[5] = "left"
+    if problem != "no_actions":
+        header = "key" if problem == "header" else "action"
+        (folder / "play0.csv").write_text("\n".join([header, *actions]) + "\n")
+    with pytest.raises(DataError, match=message):
+        import_videos(folder, tmp_path / "imported", frame_size=32)
+    assert not (tmp_path / "imported").exists()
+
+
+def test_minari_export_and_import_round_trip_and_train(bricks32, tmp_path, monkeypatch):
+    pytest.importorskip("minari")
+    from worldsim.data.imports import export_minari, import_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    export_minari(bricks32.root, "worldsim/bricks32-v0")
+    ds = import_minari("worldsim/bricks32-v0", tmp_path / "imported", frame_size=32)
+    assert ds.action_meanings == bricks32.action_meanings
+    assert ds.meta["env_id"] == bricks32.meta["env_id"]
+    assert len(ds.entries()) == len(bricks32.entries())
+    a, b = ds.load(ds.entries()[0]), bricks32.load(bricks32.entries()[0])
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)  # lossless
+    train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
+                                             *TINY_TRAIN, "steps=2", "batch_size=4"]))  # fmt: skip
+    with pytest.raises(ValueError, match="no local Minari dataset 'nope'"):
+        import_minari("nope", tmp_path / "other")
