@@ -128,11 +128,13 @@ def test_warmup_and_progress_total_follow_a_time_budget(bricks32, tmp_path):
         f"data={bricks32.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=100000",
         "minutes=10", "optim.warmup=200", "optim.lr=1e-3"]))  # fmt: skip
     assert trainer.planned_steps() == 100_000  # nothing measured yet
+    assert trainer.lr_at(0) == pytest.approx(1e-3 / 200)
     trainer.step, trainer.elapsed = 100, 60.0  # 0.6 s a step: 900 more in the 9 minutes left
     assert trainer.planned_steps() == 1000
     assert trainer.lr_at(0) == pytest.approx(1e-3 / 100)  # warm-up: a tenth of the run
     trainer.elapsed = 600.0
     assert trainer.planned_steps() == 100  # the budget is spent
+    assert trainer.lr_at(0) == pytest.approx(1e-3 / 100)  # the warm-up, once decided, stays
 
 
 def test_a_short_time_budget_says_how_far_it_got(bricks32, tmp_path, capsys):

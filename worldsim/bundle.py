@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from worldsim import checkpoint as ckpt
+from worldsim import world_file
 from worldsim.calibration import calibrate
 from worldsim.config import from_dict
 from worldsim.data.store import Dataset
@@ -136,6 +137,7 @@ def _write_world(out: Path, meta: dict, student: str, write_files) -> Path:
         write_files(tmp)
         if student:
             meta["student"] = _write_student(Path(student), meta, tmp / "student.safetensors")
+        meta["checksums"] = ckpt.checksums(tmp)
         ckpt.write_json(tmp / "world.json", meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # leave nothing half-written behind
@@ -226,38 +228,45 @@ def _knows_lives(meta: dict) -> bool:
 
 
 def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBundle:
-    """Load a world folder (or shipped world name) for inference."""
+    """Load a world folder (or shipped world name) for inference. Its world.json and the
+    weights' shapes are checked before anything is allocated (`worldsim.world_file`)."""
+    from worldsim.models.denoiser import Denoiser
+
     path = resolve(world)
-    meta = ckpt.load_json(path / "world.json")
-    if meta.get("kind") != "worldsim-world":
+    meta = world_file.read_meta(path)
+    A, rewards, cfg = len(meta.action_meanings), list(meta.reward_values), meta.model
+    world_file.check_weights(path / "teacher.safetensors", lambda: WorldModel(cfg, A, rewards))
+    has_student = (path / "student.safetensors").is_file()
+    if has_student != (meta.student is not None):
         raise ckpt.CheckpointError(
-            f"{path}/world.json: not a worldsim world (kind={meta.get('kind')!r})"
+            f"{path}: student.safetensors and world.json's 'student' entry must come together"
         )
-    model_cfg = from_dict(ModelConfig, meta["model"])
-    model = WorldModel(model_cfg, len(meta["action_meanings"]), meta["reward_values"])
+    if has_student:
+        world_file.check_weights(path / "student.safetensors",
+                                 lambda: Denoiser(cfg.denoiser, A, parameterization="consistency"))  # fmt: skip
+    model = WorldModel(cfg, A, rewards)
     ckpt.load_weights(
         model, ckpt.load_tensors(path / "teacher.safetensors"), path / "teacher.safetensors"
     )
     starts = ckpt.load_tensors(path / "starts.safetensors")
-    K, (h, w) = model_cfg.denoiser.context, meta["frame_size"]
-    if tuple(starts["frames"].shape[1:]) != (h, w, 3):
+    if set(starts) != {"frames", "actions"}:
         raise ckpt.CheckpointError(
-            f"{path}/starts.safetensors: frames {tuple(starts['frames'].shape)}, expected (N, {h}, {w}, 3)"
+            f"{path}/starts.safetensors: expected 'frames' and 'actions', got {sorted(starts)}"
         )
+    K = cfg.denoiser.context
+    world_file.check_starts(
+        path / "starts.safetensors", starts["frames"], starts["actions"], meta, K
+    )
     starts["frames"] = starts["frames"][:, None].expand(-1, K, -1, -1, -1).contiguous()
     student = None
-    if (path / "student.safetensors").is_file():
-        from worldsim.models.denoiser import Denoiser
-
-        student = Denoiser(
-            model_cfg.denoiser, len(meta["action_meanings"]), parameterization="consistency"
-        )
+    if has_student:
+        student = Denoiser(cfg.denoiser, A, parameterization="consistency")
         ckpt.load_weights(
             student, ckpt.load_tensors(path / "student.safetensors"), path / "student.safetensors"
         )
         student = student.to(device, memory_format=torch.channels_last).eval()
-    keys = {tuple(k): a for k, a in meta.get("keys_to_action", [])}
-    # channels_last: oneDNN's convolutions run 1.3-1.4x faster on the CPU (same outputs to
-    # ~1e-4); it is cuDNN's preferred layout too
+    meta_dict = world_file.as_dict(meta)
+    keys = {tuple(k): a for k, a in meta_dict.get("keys_to_action", [])}
+    # channels_last: the layout oneDNN's and cuDNN's convolutions run fastest in
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return WorldBundle(path, meta, model, student, starts["frames"], starts["actions"], keys)
+    return WorldBundle(path, meta_dict, model, student, starts["frames"], starts["actions"], keys)

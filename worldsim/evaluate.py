@@ -72,7 +72,9 @@ class EvalConfig:
 
 def label(s: SamplerConfig) -> str:
     who = "student" if s.name in ("onestep", "multistep") else "teacher"
-    return f"{who} {s.name} {s.evaluations}"
+    default = SamplerConfig(s.name, s.steps, sigma_min=s.sigma_min)
+    extra = f" (sigma_max {s.sigma_max:g})" if s.sigma_max != default.sigma_max else ""
+    return f"{who} {s.name} {s.evaluations}{extra}"
 
 
 def scores(gen: torch.Tensor, obs: torch.Tensor, K: int) -> dict[str, list[float]]:

@@ -36,6 +36,8 @@ class PresetConfig:
     """Training (and distillation) batch size."""
     lr: float = 3e-4
     """Teacher learning rate."""
+    lr_decay: float = 0.0
+    """Share of the teacher's run, at its end, over which its rate falls to zero."""
     train_steps: int = 100_000
     """Teacher training steps (the time budget usually ends it first)."""
     train_minutes: float = 8.0
@@ -171,7 +173,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
     )
     if not _complete_run(teacher, p.train_steps, p.train_minutes):
         train(TrainConfig(env=cfg.env, data=str(data), out=str(teacher), model=p.model, batch_size=p.batch_size,
-                          optim=replace(TrainConfig().optim, lr=p.lr), device=cfg.device,
+                          optim=replace(TrainConfig().optim, lr=p.lr, decay=p.lr_decay), device=cfg.device,
                           steps=p.train_steps, minutes=p.train_minutes, seed=cfg.seed,
                           resume=(teacher / "latest").exists()))  # fmt: skip
     print(

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from worldsim import checkpoint as ckpt
 from worldsim.data.segments import SegmentSampler
-from worldsim.data.store import Dataset
+from worldsim.data.store import Dataset, atomic_write
 from worldsim.games import EnvConfig
 from worldsim.models.reward import balanced_weight
 from worldsim.models.world_model import ModelConfig, WorldModel
@@ -49,12 +49,18 @@ class OptimConfig:
     steps instead (under a time budget, the steps the budget is expected to allow)."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this."""
+    decay: float = 0.0
+    """Share of the run, at its end, over which the rate falls linearly to zero
+    (warm-up, stable, decay); the run's end is its steps or its time budget, whichever comes
+    first. 0 = a constant rate after the warm-up."""
 
     def __post_init__(self):
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError(
                 f"optim.lr and optim.grad_clip must be > 0, got {self.lr}, {self.grad_clip}"
             )
+        if not 0 <= self.decay <= 1:
+            raise ValueError(f"optim.decay must be in [0, 1], got {self.decay}")
         if self.warmup < 0 or self.weight_decay < 0:
             raise ValueError(
                 f"optim.warmup and optim.weight_decay must be >= 0, got {self.warmup}, {self.weight_decay}"
@@ -91,6 +97,9 @@ class RunConfig:
     """Steps between PNG sample grids (context | predicted | real)."""
     ckpt_every: int = 500
     """Steps between checkpoints."""
+    max_bad_steps: int = 5
+    """Steps in a row with a non-finite loss or gradient that are skipped (the weights left
+    as they were) before the run stops with an error."""
     seed: int = 0
     """Seeds initialisation, batches and noise."""
     resume: bool = False
@@ -103,7 +112,14 @@ class RunConfig:
 
     def __post_init__(self):
         check_precision(self.precision, TRAIN_PRECISIONS)
-        for key in ("batch_size", "steps", "eval_every", "sample_every", "ckpt_every"):
+        for key in (
+            "batch_size",
+            "steps",
+            "eval_every",
+            "sample_every",
+            "ckpt_every",
+            "max_bad_steps",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.ema < 1:
@@ -161,6 +177,7 @@ class Trainer:
                                      weight_decay=cfg.optim.weight_decay)  # fmt: skip
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
+        self.warmup: int | None = None  # a time-budgeted run's warm-up, once decided
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="batches")
         self._next: tuple[int, Future] | None = None
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
@@ -182,13 +199,30 @@ class Trainer:
     def _start_or_resume(self):
         has_ckpt = (self.run / "latest").exists()
         if self.cfg.resume and has_ckpt:
-            self.load(ckpt.latest_checkpoint(self.run))
+            self._resume()
         elif has_ckpt:
             raise ValueError(
                 f"{self.run} already holds a run; pass resume=true or choose another out="
             )
         elif self.rank == 0:
             self.run.mkdir(parents=True, exist_ok=True)
+
+    def _resume(self) -> None:
+        """Load the latest checkpoint; if it is damaged, the newest older one that is not."""
+        try:
+            self.load(ckpt.latest_checkpoint(self.run))
+            return
+        except ckpt.CheckpointError as e:
+            first = e
+        for path in ckpt.checkpoints_newest_first(self.run):
+            try:
+                self.load(path)
+            except ckpt.CheckpointError:
+                continue
+            print(f"resume: the latest checkpoint cannot be used ({first}); resuming from {path.name}",
+                  file=sys.stderr)  # fmt: skip
+            return
+        raise first
 
     def horizon(self) -> int:
         """Target frames per training segment."""
@@ -201,11 +235,21 @@ class Trainer:
         opt_tensors, groups = ckpt.optimizer_tensors(self.opt)
         files = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optim": opt_tensors,
                  "rng": {"torch_global": torch.get_rng_state()}}  # fmt: skip
-        state = {**self.meta, "param_groups": groups, "elapsed": self.elapsed}
+        state = {
+            **self.meta,
+            "param_groups": groups,
+            "elapsed": self.elapsed,
+            "warmup": self.warmup,
+        }
         ckpt.write_checkpoint(self.run, self.step, files, state)
 
     def load(self, path: Path) -> None:
         state = ckpt.load_json(path / "state.json")
+        for key, kind in (("step", int), ("param_groups", list)):
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                raise ckpt.CheckpointError(
+                    f"{path}/state.json: '{key}' is missing or not a {kind.__name__}"
+                )
         if state.get("model") != self.meta["model"]:
             raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
         ckpt.load_weights(self.model, ckpt.load_tensors(path / "model.safetensors"), path)
@@ -215,14 +259,42 @@ class Trainer:
         )
         rng = ckpt.load_tensors(path / "rng.safetensors")
         torch.set_rng_state(rng["torch_global"])  # (the noise generator is seeded per step)
+        for net in (self.model, self.ema):
+            if not all(p.isfinite().all() for p in net.parameters()):
+                raise ckpt.CheckpointError(f"{path}: holds non-finite weights")
         self.step = state["step"]
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.warmup = state.get("warmup")
+        if self.rank == 0:
+            _truncate_log(self.run / "log.jsonl", self.step)
 
     # --- training ----------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warm-up over `optim.warmup` steps, or a tenth of the planned run if shorter."""
-        warmup = min(self.cfg.optim.warmup, max(1, self.planned_steps() // 10))
-        return self.cfg.optim.lr * min(1.0, (step + 1) / warmup)
+        """Linear warm-up over `warmup_steps()`, then the constant rate, then (with
+        `optim.decay`) a linear fall to zero over that share of the run's end."""
+        o = self.cfg.optim
+        rate = o.lr * min(1.0, (step + 1) / max(self.warmup_steps(), 1))
+        if o.decay > 0:
+            rate *= min(1.0, max(0.0, (1 - self.progress(step)) / o.decay))
+        return rate
+
+    def progress(self, step: int) -> float:
+        """Share of the run done at `step`: of its steps, or of its time budget if further."""
+        done = step / self.cfg.steps
+        if self.cfg.minutes > 0:
+            done = max(done, self.elapsed / (60 * self.cfg.minutes))
+        return min(done, 1.0)
+
+    def warmup_steps(self) -> int:
+        """`optim.warmup`; under a time budget, at most a tenth of the steps the budget is
+        expected to allow, decided once the first steps are timed and kept from then on
+        (saved with the checkpoints, so a resumed run keeps its schedule)."""
+        cfg = self.cfg
+        if cfg.minutes <= 0:
+            return cfg.optim.warmup
+        if self.warmup is None and self.step >= 3:
+            self.warmup = min(cfg.optim.warmup, self.planned_steps() // 10)
+        return cfg.optim.warmup if self.warmup is None else self.warmup
 
     def ema_decay_at(self, step: int) -> float:
         """EMA decay for the update after `step` steps: the configured decay, with its
@@ -276,6 +348,10 @@ class Trainer:
         # shrink the denoiser's step
         norms = [torch.nn.utils.clip_grad_norm_(p, cfg.optim.grad_clip) for p in self.clip_groups()]
         metrics["grad_norm"] = float(norms[0])
+        if not (math.isfinite(loss.item()) and all(math.isfinite(float(n)) for n in norms)):
+            self._skip_bad_step(loss.item(), norms)
+            return metrics
+        self.bad_steps = 0
         self.opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(
@@ -285,6 +361,24 @@ class Trainer:
             )
         self.step += 1
         return metrics
+
+    def _skip_bad_step(self, loss: float, norms) -> None:
+        """Leave the weights as they are after a non-finite loss or gradient; stop the run
+        after `max_bad_steps` such steps in a row (its checkpoints hold finite weights)."""
+        self.opt.zero_grad(set_to_none=True)
+        self.bad_steps = getattr(self, "bad_steps", 0) + 1
+        self.step += 1
+        if self.bad_steps > self.cfg.max_bad_steps:
+            what = (
+                f"loss {loss}"
+                if not math.isfinite(loss)
+                else f"gradient norm {max(float(n) for n in norms)}"
+            )
+            raise TrainingError(
+                f"step {self.step}: {what} for {self.bad_steps} steps in a row; stopped without "
+                f"saving them (the checkpoints in {self.run} hold the last finite weights). A "
+                f"learning rate too high (optim.lr={self.cfg.optim.lr:g})?"
+            )
 
     @torch.no_grad()
     def heldout_loss(self, batches: int = 4) -> float:
@@ -356,15 +450,24 @@ class Trainer:
             )
 
     def fit(self) -> None:
-        cfg, t0 = self.cfg, time.monotonic() - self.elapsed
-        bar = tqdm(
-            total=self.planned_steps(),
-            initial=self.step,
-            desc=self.progress_name,
-            unit="step",
-            disable=self.rank != 0,
-        )
+        """Train until `steps` or the time budget, whichever ends first, with checkpoints."""
+        if self.test_data is None and self.rank == 0:
+            print(f"{self.cfg.data}: no held-out (test) episodes, so no held-out loss; record "
+                  "with test_fraction > 0 to have one")  # fmt: skip
+        bar = tqdm(total=self.planned_steps(), initial=self.step, desc=self.progress_name,
+                   unit="step", disable=self.rank != 0)  # fmt: skip
         log = open(self.run / "log.jsonl", "a") if self.rank == 0 else None
+        try:
+            self._loop(bar, log)
+        finally:  # an error is reported on a line of its own, after the bar
+            bar.close()
+            if log is not None:
+                log.close()
+        if self.rank == 0:
+            self._warn_if_short()
+
+    def _loop(self, bar: tqdm, log) -> None:
+        cfg, t0 = self.cfg, time.monotonic() - self.elapsed
         last = time.monotonic()
         while self.step < cfg.steps:
             m = self.train_step()
@@ -375,13 +478,11 @@ class Trainer:
             if cfg.minutes > 0:  # the total is whichever ends first, steps or time
                 bar.total = self.planned_steps()
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{m['loss']:.4f}",
-                rew=f"{m['reward_loss']:.3f}",
-                sps=f"{m['samples_per_s']:.0f}",
-            )
+            bar.set_postfix(loss=f"{m['loss']:.4f}", rew=f"{m['reward_loss']:.3f}",
+                            sps=f"{m['samples_per_s']:.0f}")  # fmt: skip
             out_of_time = cfg.minutes > 0 and now - t0 > 60 * cfg.minutes
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps or out_of_time:
+            due = self.step % cfg.eval_every == 0 or self.step == cfg.steps or out_of_time
+            if due and self.test_data is not None:
                 m["heldout_loss"] = self.heldout_loss()
                 bar.write(f"step {self.step}: held-out loss {m['heldout_loss']:.4f}")
             if self.rank == 0 and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
@@ -394,11 +495,24 @@ class Trainer:
             if out_of_time:
                 bar.write(f"time budget of {cfg.minutes} min spent at step {self.step}")
                 break
-        bar.close()
-        if self.rank == 0:
-            self._warn_if_short()
-        if log is not None:
-            log.close()
+
+
+class TrainingError(ValueError):
+    """A run that cannot go on (its loss or gradient stayed non-finite)."""
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop the log lines of steps after `step` (a resumed run writes them again)."""
+    if not log.is_file():
+        return
+    keep = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    atomic_write(log, lambda f: f.write("".join(x + "\n" for x in keep).encode()))
 
 
 MIN_USEFUL_STEPS = 1000

@@ -41,6 +41,21 @@ class DenoiserConfig:
     bias in the change accumulates over autoregressive rollouts (measured: whole-frame PSNR
     at h16 22.9 dB vs 26.5 without, BENCHMARKS.md), so it is off by default."""
 
+    def __post_init__(self):
+        if not 1 <= self.context <= 64:
+            raise ValueError(f"model.denoiser.context must be in [1, 64], got {self.context}")
+        for key in ("sigma_data", "P_std", "sigma_min"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"model.denoiser.{key} must be a finite number > 0, got {v}")
+        if not math.isfinite(self.P_mean) or not (0 <= self.ctx_noise_max < 100):
+            raise ValueError(f"model.denoiser.P_mean must be finite and ctx_noise_max in [0, 100), "
+                             f"got {self.P_mean}, {self.ctx_noise_max}")  # fmt: skip
+        if not 0 <= self.ctx_noise_p <= 1:
+            raise ValueError(
+                f"model.denoiser.ctx_noise_p must be in [0, 1], got {self.ctx_noise_p}"
+            )
+
 
 def fourier(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Fixed random-frequency Fourier features of a (B,) tensor -> (B, dim)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,14 @@ class RewardConfig:
     life_head: bool = False
     """Also predict whether the step lost a life, for games that report lives (their data
     records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""
+
+    def __post_init__(self):
+        if not 1 <= len(self.channels) <= 8 or not all(1 <= c <= 4096 for c in self.channels):
+            raise ValueError(
+                f"model.reward.channels must be 1 to 8 layers of 1 to 4096, got {list(self.channels)[:10]}"
+            )
+        if not (math.isfinite(self.end_weight) and 0 <= self.end_weight <= 1e6):
+            raise ValueError(f"model.reward.end_weight must be in [0, 1e6], got {self.end_weight}")
 
 
 def _refold(w: torch.Tensor, r: int, p: int, lo: int) -> torch.Tensor:

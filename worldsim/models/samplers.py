@@ -6,11 +6,15 @@ consistency samplers of the one-step head slot in beside Euler and Heun.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+MAX_STEPS = 1000
+"""Most network evaluations a sampler may take per frame (EDM's best samplers use < 100)."""
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | list[torch.Generator] | None
@@ -51,8 +55,12 @@ class SamplerConfig:
     """Karras schedule curvature."""
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"sampler.steps must be in [1, {MAX_STEPS}], got {self.steps}")
+        if not (math.isfinite(self.sigma_max) and math.isfinite(self.rho) and self.rho > 0):
+            raise ValueError(
+                f"sampler sigma_max and rho must be finite (rho > 0), got {self.sigma_max}, {self.rho}"
+            )
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"

@@ -1,0 +1,177 @@
+"""Reading a world folder's files without trusting them.
+
+`world.json` is read through a typed schema (`WorldMeta`, built by the same `from_dict`
+the command line uses: unknown keys, missing keys, wrong types and out-of-range values are
+each one error naming the file and the field). The weights' names and shapes are read from
+the safetensors headers and compared with the model the config describes, built on the
+`meta` device (no memory), before any tensor is allocated; the starting contexts are
+checked against the game's frame size and actions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from worldsim.checkpoint import FORMAT_VERSION, CheckpointError, load_json
+from worldsim.config import ConfigError, from_dict
+from worldsim.models.world_model import ModelConfig
+
+MAX_PARAMETERS = 100_000_000
+"""Most parameters a world's networks may have (400 MB in fp32): a bound on what a world
+file can make worldsim allocate."""
+
+
+@dataclass(frozen=True)
+class StudentMeta:
+    """Where a world's one-step student came from, and its noise range."""
+
+    run: str
+    step: int
+    sigma_min: float
+    sigma_max: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.sigma_min) and math.isfinite(self.sigma_max)
+                and 0 < self.sigma_min < self.sigma_max):  # fmt: skip
+            raise ValueError(
+                f"student needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
+
+
+@dataclass(frozen=True)
+class WorldMeta:
+    """The contents of world.json."""
+
+    format: int
+    kind: Literal["worldsim-world"]
+    env_id: str
+    action_meanings: tuple[str, ...]
+    frame_size: tuple[int, ...]
+    reward_values: tuple[float, ...]
+    model: ModelConfig
+    source: dict
+    keys_to_action: tuple[tuple, ...] = ()
+    lives: bool = False
+    env: dict = field(default_factory=dict)
+    student: StudentMeta | None = None
+    thresholds: dict = field(default_factory=dict)
+    checksums: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.format != FORMAT_VERSION:
+            raise ValueError(f"format must be {FORMAT_VERSION}, got {self.format}")
+        if not 1 <= len(self.action_meanings) <= 1024:
+            raise ValueError(
+                f"action_meanings must name 1 to 1024 actions, got {len(self.action_meanings)}"
+            )
+        h_w = self.frame_size
+        if len(h_w) != 2 or not all(8 <= s <= 1024 and s % 8 == 0 for s in h_w):
+            raise ValueError(
+                f"frame_size must be [H, W], multiples of 8 in [8, 1024], got {list(h_w)}"
+            )
+        m = self.model.denoiser.unet.downsampling
+        if h_w[0] % m or h_w[1] % m:
+            raise ValueError(f"frame_size {list(h_w)} must be a multiple of {m} for this U-Net")
+        if not 1 <= len(self.reward_values) <= 32 or not all(
+            math.isfinite(r) for r in self.reward_values
+        ):
+            raise ValueError(
+                f"reward_values must be 1 to 32 finite numbers, got {list(self.reward_values)[:40]}"
+            )
+        for name, t in self.thresholds.items():
+            if (
+                name not in ("end", "life")
+                or not isinstance(t, int | float)
+                or not math.isfinite(t)
+            ):
+                raise ValueError(
+                    f"thresholds must map end/life to finite numbers, got {name}: {t!r}"
+                )
+        if not isinstance(self.source.get("data", ""), str):
+            raise ValueError(f"source.data must be a folder path, got {self.source.get('data')!r}")
+
+
+def read_meta(folder: Path) -> WorldMeta:
+    """world.json of `folder` as a `WorldMeta`, or one CheckpointError naming what is wrong."""
+    path = Path(folder) / "world.json"
+    data = load_json(path)  # (a JSON object of the right format, or one clear error)
+    if data.get("kind") != "worldsim-world":
+        raise CheckpointError(f"{path}: not a worldsim world (kind={data.get('kind')!r})")
+    try:
+        return from_dict(WorldMeta, data)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:  # values a dataclass check choked on
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} from a safetensors file's header, reading nothing else."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                raise ValueError(f"a header of {n} bytes")
+            head = json.loads(f.read(n))
+        return {k: (v["dtype"], tuple(v["shape"])) for k, v in head.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def expected_shapes(module_fn) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a module's weights, built on the meta device (no memory taken);
+    refuses one of more than MAX_PARAMETERS parameters."""
+    with torch.device("meta"):
+        module = module_fn()
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    n = sum(math.prod(s) for s in shapes.values())
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"{n:,} parameters, more than worldsim loads ({MAX_PARAMETERS:,})")
+    return shapes
+
+
+def check_weights(path: Path, module_fn) -> None:
+    """The safetensors file at `path` holds exactly the weights `module_fn()` would have."""
+    try:
+        want = expected_shapes(module_fn)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path.parent}/world.json: its model config gives {e}") from None
+    have = header(path)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        raise CheckpointError(f"{path}: weights do not match the model of world.json "
+                              f"(missing {missing[:3]}, unexpected {extra[:3]})")  # fmt: skip
+    for k, shape in want.items():
+        if have[k][1] != shape:
+            raise CheckpointError(
+                f"{path}: weight {k} has shape {list(have[k][1])}, world.json's model needs {list(shape)}"
+            )
+
+
+def check_starts(path: Path, frames: torch.Tensor, actions: torch.Tensor, meta: WorldMeta,
+                 context: int) -> None:  # fmt: skip
+    """Starting contexts: frames (N, H, W, 3) uint8 and actions (N, K) of the game's actions."""
+    h, w = meta.frame_size
+    if frames.dtype != torch.uint8 or tuple(frames.shape[1:]) != (h, w, 3) or len(frames) < 1:
+        raise CheckpointError(f"{path}: frames must be (N >= 1, {h}, {w}, 3) uint8, got "
+                              f"{tuple(frames.shape)} {frames.dtype}")  # fmt: skip
+    A = len(meta.action_meanings)
+    if actions.dtype != torch.int64 or tuple(actions.shape) != (len(frames), context):
+        raise CheckpointError(f"{path}: actions must be ({len(frames)}, {context}) int64, got "
+                              f"{tuple(actions.shape)} {actions.dtype}")  # fmt: skip
+    if actions.numel() and not 0 <= int(actions.min()) <= int(actions.max()) < A:
+        raise CheckpointError(
+            f"{path}: actions must be in [0, {A}), got {int(actions.min())}..{int(actions.max())}"
+        )
+
+
+def as_dict(meta: WorldMeta) -> dict:
+    """The validated metadata as plain JSON data (what `WorldBundle.meta` holds)."""
+    return json.loads(json.dumps(dataclasses.asdict(meta)))
