@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+# frame caches of the tests' datasets go to a folder of the session's, not ~/.cache
+os.environ.setdefault("WORLDSIM_CACHE", __import__("tempfile").mkdtemp(prefix="worldsim-cache-"))
 
 import pytest  # noqa: E402
 

@@ -64,7 +64,7 @@ def test_headless_session_records_mp4_and_episode(tiny_world, tmp_path, capsys):
                  "record=true", f"out={out}", "sampler=euler", "steps=1"]) == 0  # fmt: skip
     mp4s = list(out.glob("*.mp4"))
     assert mp4s and all(p.read_bytes()[4:8] == b"ftyp" for p in mp4s)
-    ds = Dataset.open(out / "episodes")
+    ds = Dataset.open(out)
     assert ds.entries() and all(ds.load(e).frames.shape[1:] == (32, 32, 3) for e in ds.entries())
     assert sum(e["length"] for e in ds.entries()) >= 1
 
@@ -133,7 +133,7 @@ def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp
     assert s.run(lambda: next(events))["frames"] == 10
     if command == "real":
         assert s.real_frame is not None and s.real_frame.shape == s.frame.shape
-    lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
+    lengths = [e["length"] for e in Dataset.open(tmp_path).entries()]
     assert (
         len(lengths) >= 2
         and sum(lengths) == 10
@@ -167,7 +167,7 @@ def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
     # R at the 5th frame; frames 6-8 are played while its episode is still being written (a
     # save on the loop's thread would wait for frame 9 forever: the held write times out)
     assert s.run(events)["frames"] == 10
-    lengths = [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()]
+    lengths = [e["length"] for e in Dataset.open(tmp_path).entries()]
     assert len(written) == len(lengths) >= 2 and sum(lengths) == 10
     assert len(list(tmp_path.glob("*.mp4"))) == len(lengths)
 
@@ -197,7 +197,7 @@ def test_an_unexpected_error_while_writing_is_raised_when_play_ends(tiny_world, 
     with pytest.raises(ValueError, match="a bug in writing"):
         s._end_recording()
     assert calls == [1, None] and s.message.startswith("saved")
-    assert [e["length"] for e in Dataset.open(tmp_path / "episodes").entries()] == [3]
+    assert [e["length"] for e in Dataset.open(tmp_path).entries()] == [3]
 
 
 def test_a_screenshot_that_cannot_be_written_is_an_error(tiny_world, tmp_path):
@@ -236,7 +236,7 @@ def test_recording_never_overwrites(tiny_world, tmp_path):
         r.add(1, np.zeros((32, 32, 3), np.uint8), 0.0, False)
         paths.append(r.save("dream"))
     assert paths[0] != paths[1] and all(p.exists() for p in paths)
-    assert len(Dataset.open(tmp_path / "episodes").entries()) == 2
+    assert len(Dataset.open(tmp_path).entries()) == 2
 
 
 @pytest.mark.parametrize("source", ["world", "game"])
@@ -245,5 +245,5 @@ def test_record_command_writes_videos_and_episodes(tiny_world, tmp_path, source)
     args = [f"world={tiny_world}"] if source == "world" else ["game=worldsim/Bricks-v0"]
     assert main(["record", *args, "episodes=2", "max_steps=12", f"out={out}", "policy=sticky"]) == 0
     assert len(list(out.glob("*.mp4"))) == 2
-    ds = Dataset.open(out / "episodes")
+    ds = Dataset.open(out)
     assert len(ds.entries()) == 2 and all(1 <= e["length"] <= 12 for e in ds.entries())

@@ -196,3 +196,185 @@ def test_sizes_are_bounded_before_memory_is_taken():
 
     with pytest.raises(ValueError, match=r"model.denoiser.context must be in \[1, 64\], got 0"):
         DenoiserConfig(context=0)
+
+
+# --- datasets are only read ---------------------------------------------------------------
+
+
+def _listing(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_training_never_writes_into_its_dataset(bricks32, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from worldsim.data.segments import SegmentSampler, cache_dir
+
+    data = tmp_path / "data"
+    shutil.copytree(bricks32.root, data)
+    monkeypatch.setenv("WORLDSIM_CACHE", str(tmp_path / "cache"))
+    before = _listing(data)
+    train(config(bricks32, tmp_path / "run", f"data={data}", "steps=2", "batch_size=4"))
+    assert _listing(data) == before
+    caches = sorted(cache_dir().glob("*.npy"))
+    assert caches and all(c.parent == tmp_path / "cache" for c in caches)
+    caches[0].write_bytes(b"not a numpy file")  # a damaged cache is rebuilt, and said so
+    from worldsim.data.store import Dataset
+
+    split = "train" if "-train-" in caches[0].name else "test"
+    SegmentSampler(Dataset.open(data), split, 2)
+    assert f"frame cache {caches[0]} is damaged" in capsys.readouterr().err
+
+
+def test_a_read_only_dataset_with_an_orphan_episode_opens(bricks32, tmp_path, monkeypatch):
+    import shutil
+
+    from worldsim.data.store import Dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(bricks32.root, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    orphan = manifest["episodes"].pop()  # its file stays: an orphan
+    (data / "manifest.json").write_text(json.dumps(manifest))
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Dataset, "_write_manifest", refuse)
+    ds = Dataset.open(data)
+    assert orphan["id"] in [e["id"] for e in ds.entries()]
+
+
+# --- SIGTERM ------------------------------------------------------------------------------
+
+
+def _wait_for(predicate, seconds=120):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_ends_play_and_keeps_the_recording(tiny_world, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "rec"
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    proc = subprocess.Popen([sys.executable, "play.py", f"world={tiny_world}", "headless=true",
+                             "policy=random", "frames=1000000", "fps=30", "record=true", f"out={out}"],
+                            cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert _wait_for(lambda: (out / "episodes").exists() or proc.poll() is not None)
+    import time
+
+    time.sleep(2)  # some frames recorded
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err
+    assert list(out.glob("*.mp4")) and list((out / "episodes").glob("ep_*.npz"))
+
+
+def test_sigterm_stops_a_script_with_a_human_window(tiny_world, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "loop.py"
+    script.write_text(
+        "import gymnasium as gym, worldsim\n"
+        f"env = gym.make('worldsim/World-v0', world={str(tiny_world)!r}, render_mode='human')\n"
+        "env.reset(seed=0)\nprint('ready', flush=True)\n"
+        "while True:\n    env.step(0)\n"
+    )
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+
+
+# --- a full disk --------------------------------------------------------------------------
+
+
+def _fill_disk_after(monkeypatch, n):
+    """os.fsync (every atomic write) succeeds n times, then reports a full disk."""
+    import errno
+    import os
+
+    calls = {"n": 0}
+    real = os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_full_disk_while_collecting_keeps_finished_episodes(tmp_path, monkeypatch, capsys):
+    from worldsim.data.store import Dataset
+
+    out = tmp_path / "data"
+    _fill_disk_after(monkeypatch, 6)  # the manifest and a few episodes, then no space
+    code = main(["collect", f"out={out}", "steps=3000", "workers=1", "env.frame_size=32"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "no space left on device" in errors[0]
+    assert str(out) in errors[0] and "Traceback" not in err
+    monkeypatch.undo()
+    ds = Dataset.open(out)
+    assert ds.entries() and all(ds.load(e).frames.shape[0] == e["length"] + 1 for e in ds.entries())
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(bricks32, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    train(config(bricks32, run, "steps=2", "ckpt_every=2", "batch_size=4"))
+    _fill_disk_after(monkeypatch, 0)
+    code = main(["train", f"data={bricks32.root}", f"out={run}", *TINY_TRAIN, "steps=4",
+                 "ckpt_every=2", "batch_size=4", "resume=true"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "no space left on device" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(run).name == "step_0000002"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_while_encoding_a_video_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from worldsim.data.store import DiskFull
+    from worldsim.video import write_mp4
+
+    class Writer:  # ffmpeg's pipe breaks when its disk fills up
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def append_data(self, frame):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(imageio, "get_writer", lambda *a, **k: Writer())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(DiskFull, match=r"v.mp4: no space left on device"):
+        write_mp4(tmp_path / "v.mp4", np.zeros((3, 8, 8, 3), np.uint8))
+    assert not list(tmp_path.iterdir())

@@ -156,9 +156,13 @@ def write_checkpoint(run: Path, step: int, files: dict[str, dict[str, torch.Tens
             raise CheckpointError(
                 f"step {step}: refusing to save {name} with non-finite values in {bad[0]}"
             )
-    sums = {f"{name}.safetensors": save_tensors(tmp / f"{name}.safetensors", tensors)
-            for name, tensors in files.items()}  # fmt: skip
-    write_json(tmp / "state.json", {**state, "step": step, "checksums": sums})
+    try:
+        sums = {f"{name}.safetensors": save_tensors(tmp / f"{name}.safetensors", tensors)
+                for name, tensors in files.items()}  # fmt: skip
+        write_json(tmp / "state.json", {**state, "step": step, "checksums": sums})
+    except BaseException:  # e.g. a full disk: no half-written checkpoint, the last one stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old_copy = root / f".step_{step:07d}.old"  # a step saved again (a re-run from an older
     shutil.rmtree(old_copy, ignore_errors=True)  # checkpoint): kept until the new one is in
     if final.exists():

@@ -7,7 +7,10 @@ lists every key with its default and meaning.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from worldsim.checkpoint import CheckpointError
@@ -220,6 +223,28 @@ def _command_help(name: str, desc: str, cls) -> str:
 HEAVY = ("train", "distill", "eval", "rl", "record", "pipeline")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: recordings are saved, windows closed, work kept."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM raises `Terminated` (in the main thread only, where
+    Python delivers signals); the previous handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     from_shell, argv = argv is None, sys.argv[1:] if argv is None else argv
     commands = _commands()
@@ -241,11 +266,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if name in HEAVY and from_shell:
             reexec_with_fast_allocator()
-        run(rest)
+        with _sigterm_as_interrupt():
+            run(rest)
         return 0
     except (ConfigError, ValueError, OSError, CheckpointError) as e:
         print(f"worldsim {name}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"worldsim {name}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"worldsim {name}: interrupted", file=sys.stderr)
         return 130

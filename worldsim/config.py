@@ -53,6 +53,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         )
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints[k], v, where + k) for k, v in data.items()}
+    seed = kwargs.get("seed")  # every config's seed feeds NumPy's generators: 0 .. 2**63-1
+    if isinstance(seed, int) and not 0 <= seed < 2**63:
+        raise ConfigError(f"{where}seed must be an integer in [0, 2**63), got {seed}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -42,7 +42,8 @@ class EvalConfig:
     data: str = ""
     """Dataset with held-out episodes; empty = the one the world was trained on."""
     out: str = ""
-    """Report folder; empty = <world>/eval."""
+    """Report folder; empty = <world>/eval (for a shipped world: eval/<name> in the current
+    folder, not inside the installed package)."""
     samplers: tuple[SamplerConfig, ...] = field(default_factory=lambda: DEFAULT_SAMPLERS)
     """Samplers to score (student ones are skipped when the world has no student); e.g.
     'samplers=[{name:onestep,steps:1},{name:euler,steps:3}]'."""
@@ -204,7 +205,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Score the world and write report.json, psnr.png and rollouts.mp4."""
     device = resolve_device(cfg.device)
     bundle = load_world(cfg.world, device)
-    out = Path(cfg.out) if cfg.out else bundle.path / "eval"
+    out = Path(cfg.out) if cfg.out else default_out(bundle.path)
     if (out / "report.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out}/report.json exists; pass overwrite=true to replace it")
     ds = Dataset.open(cfg.data or bundle.meta["source"]["data"])
@@ -251,6 +252,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     # last, and atomically: a report means the folder is complete (the pipeline relies on it)
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def default_out(world: Path) -> Path:
+    """<world>/eval, or eval/<name> here for a shipped world (its folder is the package's)."""
+    from worldsim.bundle import WORLDS_DIR
+
+    if world.resolve().parent == WORLDS_DIR.resolve():
+        return Path("eval") / world.name
+    return world / "eval"
 
 
 def _for_world(s: SamplerConfig, bundle: WorldBundle) -> SamplerConfig | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+
+from worldsim.data.store import DiskFull, disk_full
 
 
 def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
@@ -42,6 +45,14 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 
             for frame in frames:
                 w.append_data(frame)
         tmp.replace(path)
+    except (OSError, RuntimeError) as e:  # ffmpeg died: a full disk is the usual cause
+        if disk_full(e) or shutil.disk_usage(path.parent).free < 2**20:
+            raise DiskFull(path) from None
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise
+        raise OSError(
+            f"{path}: the video encoder failed ({str(e).splitlines()[0][:200]})"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

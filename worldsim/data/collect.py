@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from worldsim.data.store import Dataset, Episode, save_episode
+from worldsim.data.store import DataError, Dataset, Episode, save_episode
 from worldsim.games import EnvConfig, action_meanings, make_env
 from worldsim.policies import Policy, PolicyConfig
 
@@ -70,7 +70,17 @@ def play_episode(env, policy: Policy, seed: int, max_steps: int, report=None) ->
 
 
 def _worker(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) -> None:
-    """Record episodes with ids first_id + rank + k * workers until `budget` steps are done."""
+    """Record episodes with ids first_id + rank + k * workers until `budget` steps are done;
+    an error that stops it (a full disk) goes to the collector as one line."""
+    try:
+        _record(cfg, rank, first_id, budget, queue)
+    except (OSError, DataError) as e:
+        if isinstance(queue, _Inline):
+            raise
+        queue.put(("error", str(e)))
+
+
+def _record(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) -> None:
     parent = os.getppid()
     env = make_env(cfg.env)
     ds = Dataset(Path(cfg.out), {})
@@ -116,6 +126,10 @@ def collect(cfg: CollectConfig) -> Dataset:
         sink, recorded = _Inline(ds, bar, policy), 0
         while recorded < cfg.steps:
             msg = _get(queue, procs)
+            if msg[0] == "error":  # the finished episodes stay in the dataset
+                for p in procs:
+                    p.terminate()
+                raise DataError(f"collection stopped: {msg[1]}")
             sink.put(msg)
             recorded += msg[2] if msg[0] == "episode" else 0
     for p in procs:

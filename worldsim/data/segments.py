@@ -1,8 +1,11 @@
 """Random training segments from recorded episodes, with bounded memory.
 
-Frames are read through an uncompressed memory-mapped cache (`<dataset>/.cache/`, made
-once per split on first use), so datasets larger than RAM train with only the pages in
-use resident; actions, rewards and ends are small and kept in memory.
+Frames are read through an uncompressed memory-mapped cache, made once per split on first
+use, so datasets larger than RAM train with only the pages in use resident; actions,
+rewards and ends are small and kept in memory. The cache lives in a folder of its own
+(`cache_dir()`: $WORLDSIM_CACHE, else $XDG_CACHE_HOME/worldsim, else ~/.cache/worldsim),
+never inside the dataset, so read-only datasets train; it is keyed by the dataset's path
+and episodes, and a damaged one is rebuilt with a message naming it.
 """
 
 from __future__ import annotations
@@ -10,12 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from worldsim.data.store import DataError, Dataset, load_episode
+
+
+def cache_dir() -> Path:
+    """Where frame caches go: $WORLDSIM_CACHE, else $XDG_CACHE_HOME/worldsim, else
+    ~/.cache/worldsim."""
+    if os.environ.get("WORLDSIM_CACHE"):
+        return Path(os.environ["WORLDSIM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "worldsim"
 
 
 class Segment(NamedTuple):
@@ -69,35 +83,49 @@ class SegmentSampler:
     def _frame_cache(self, split: str) -> np.ndarray:
         """All frames of the split in one uncompressed, memory-mapped file."""
         h, w = self.ds.frame_size
-        key = hashlib.sha1(json.dumps([(e["file"], e["length"]) for e in self.entries]).encode())
-        path = self.ds.root / ".cache" / f"{split}-{key.hexdigest()[:12]}.npy"
+        episodes = [(e["file"], e["length"]) for e in self.entries]
+        key = hashlib.sha1(json.dumps([str(self.ds.root.resolve()), episodes]).encode())
+        path = cache_dir() / f"{self.ds.root.name}-{split}-{key.hexdigest()[:16]}.npy"
         shape = (int(self.offsets[-1]), h, w, 3)
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        if path.exists():
             try:
-                for e, o in zip(self.entries, self.offsets[:-1], strict=True):
-                    frames = self.ds.load(e).frames
-                    if len(frames) != e["length"] + 1:
-                        raise DataError(
-                            f"{self.ds.root / e['file']}: {len(frames)} frames, but the "
-                            f"manifest says {e['length']} steps ({e['length'] + 1} frames)"
-                        )
-                    out[o : o + e["length"] + 1] = frames
-                out.flush()
-            except BaseException:  # interrupted or a damaged episode: leave no large .tmp
-                del out
-                tmp.unlink(missing_ok=True)
-                raise
+                frames = np.load(path, mmap_mode="r")
+                if frames.shape == shape and frames.dtype == np.uint8:
+                    return frames
+                problem = f"shape {frames.shape} {frames.dtype}, expected {shape} uint8"
+            except (ValueError, OSError, EOFError) as e:
+                problem = str(e)
+            print(f"frame cache {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+        self._build_cache(path, shape)
+        return np.load(path, mmap_mode="r")
+
+    def _build_cache(self, path, shape: tuple[int, ...]) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot make the frame cache folder {path.parent} ({e.strerror}); "
+                            "set WORLDSIM_CACHE to a writable folder") from None  # fmt: skip
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # concurrent builders don't clash
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            for e, o in zip(self.entries, self.offsets[:-1], strict=True):
+                frames = self.ds.load(e).frames
+                if len(frames) != e["length"] + 1:
+                    raise DataError(
+                        f"{self.ds.root / e['file']}: {len(frames)} frames, but the "
+                        f"manifest says {e['length']} steps ({e['length'] + 1} frames)"
+                    )
+                out[o : o + e["length"] + 1] = frames
+            out.flush()
             del out
             os.replace(tmp, path)
-        frames = np.load(path, mmap_mode="r")
-        if frames.shape != shape:
-            raise DataError(
-                f"{path}: frame cache has shape {frames.shape}, expected {shape}; delete it"
-            )
-        return frames
+        except OSError as e:  # disk full, or an unwritable folder
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"cannot write the frame cache {path} ({e.strerror or e}); free space "
+                            "or set WORLDSIM_CACHE to another folder") from None  # fmt: skip
+        except BaseException:  # interrupted or a damaged episode: leave no large .tmp
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _gather(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
         """Segments with global indices `index` (B,): frames (B, K+h, H, W, 3), actions

@@ -8,6 +8,7 @@ two writes) is picked up again when the folder is opened.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -66,10 +67,31 @@ class Episode:
                 )
 
 
+class DiskFull(OSError):
+    """A write that ran out of space: one line naming the file."""
+
+    def __init__(self, path):
+        super().__init__(errno.ENOSPC, "no space left on device", str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: no space left on device"
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is the operating system saying the disk is full."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call `write(file_object)` on a temporary file beside `path`, then rename it into place."""
+    """Call `write(file_object)` on a temporary file beside `path`, then rename it into place;
+    a full disk is a `DiskFull` naming `path`, and leaves nothing behind."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if disk_full(e):
+            raise DiskFull(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -77,8 +99,10 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; datasets are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(e):
+            raise DiskFull(path) from None
         raise
 
 
@@ -176,13 +200,19 @@ class Dataset:
         atomic_write_json(self.root / "manifest.json", self.meta)
 
     def _adopt_orphans(self) -> None:
+        """Take in episode files the manifest missed (a crash between the two writes); the
+        manifest is rewritten only where the folder is writable (reading never needs it)."""
         known = {e["file"] for e in self.meta["episodes"]}
-        for path in sorted((self.root / "episodes").glob("ep_*.npz")):
-            if f"episodes/{path.name}" not in known:
-                d = load_episode(path, fields=("actions", "rewards"))
-                self.add_entry(
-                    int(path.stem[3:]), len(d["actions"]), float(d["rewards"].sum()), "?"
-                )
+        orphans = [p for p in sorted((self.root / "episodes").glob("ep_*.npz"))
+                   if f"episodes/{p.name}" not in known]  # fmt: skip
+        for path in orphans:
+            d = load_episode(path, fields=("actions", "rewards"))
+            self._add_entry(int(path.stem[3:]), len(d["actions"]), float(d["rewards"].sum()), "?")
+        if orphans and os.access(self.root, os.W_OK):
+            try:
+                self._write_manifest()
+            except OSError:
+                pass  # (a full disk: the orphans are read again next time)
 
     # --- episodes ----------------------------------------------------------------------
     def path_for(self, episode_id: int) -> Path:
@@ -193,13 +223,16 @@ class Dataset:
 
     def add_entry(self, episode_id: int, length: int, ret: float, policy: str) -> None:
         """Record a finished episode file in the manifest (written atomically)."""
+        self._add_entry(episode_id, length, ret, policy)
+        self._write_manifest()
+
+    def _add_entry(self, episode_id: int, length: int, ret: float, policy: str) -> None:
         split = "test" if is_test_episode(episode_id, self.meta["test_fraction"]) else "train"
         self.meta["episodes"].append(
             {"id": episode_id, "file": f"episodes/ep_{episode_id:06d}.npz", "length": length,
              "return": ret, "split": split, "policy": policy}
         )  # fmt: skip
         self.meta["episodes"].sort(key=lambda e: e["id"])
-        self._write_manifest()
 
     def add(self, episode_id: int, ep: Episode, policy: str) -> None:
         save_episode(self.path_for(episode_id), ep)

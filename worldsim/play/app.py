@@ -327,8 +327,11 @@ class PlaySession:
         period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
         t0 = last = due = time.perf_counter()
         n = 0
+        bar = self._progress()
         while self.tick(events_source()):
             n += 1
+            if bar is not None:
+                bar.update(1)
             due = max(due + period, time.perf_counter() - period)  # a fixed schedule, no drift
             if period and due > time.perf_counter():
                 time.sleep(due - time.perf_counter())
@@ -341,8 +344,22 @@ class PlaySession:
                 self.cfg.frames and n >= self.cfg.frames or self.script.exhausted()
             ):
                 break
+        if bar is not None:
+            bar.close()
         elapsed = time.perf_counter() - t0
         return {"frames": n, "seconds": elapsed, "fps": n / elapsed if elapsed else 0.0}
+
+    def _progress(self):
+        """Headless play says what it will do and shows how far it is (a bar, on stderr)."""
+        if not self.cfg.headless:
+            return None
+        from tqdm import tqdm
+
+        n, fps = self.cfg.frames, self.cfg.fps
+        length = f"{n} frames" if n else "until the actions run out"
+        pace = f" at {fps} fps (about {n / fps:.0f} s)" if fps and n else " as fast as it can"
+        print(f"playing {self.cfg.world} headless, {self.cfg.policy} actions: {length}{pace}")
+        return tqdm(total=n or None, desc="play", unit="frame")
 
 
 def _lower_priority() -> None:

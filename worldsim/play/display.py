@@ -7,6 +7,9 @@ import os
 import numpy as np
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+# SDL otherwise turns SIGINT and SIGTERM into a quit event that only an event loop sees: a
+# script with a human-rendered env, or `timeout`/a service manager, could not stop it
+os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
 
 
 class Window:

@@ -13,7 +13,7 @@ from worldsim.video import write_mp4
 
 class Recorder:
     """Collects frames and actions; `save` writes `<out>/<name>.mp4` and appends the episode
-    to the dataset `<out>/episodes` (readable with `worldsim data info`). Never overwrites."""
+    to the dataset `<out>` itself (`worldsim data info <out>`). Never overwrites."""
 
     def __init__(
         self, out: str | Path, env_id: str, action_meanings: list[str], frame_size, fps: int
@@ -70,7 +70,7 @@ class Recorder:
         while path.exists():
             path, i = self.out / f"{source}-{stamp}-{i}.mp4", i + 1
         # the dataset first: it refuses another game's episodes before any file is written
-        ds = Dataset.create_or_append(self.out / "episodes", env_id=self.env_id, env=source, action_meanings=self.meanings,
+        ds = Dataset.create_or_append(self.out, env_id=self.env_id, env=source, action_meanings=self.meanings,
                                       frame_size=list(self.size), test_fraction=0.0)  # fmt: skip
         write_mp4(path, ep.frames, fps=self.fps, scale=4, threads=threads)
         try:
