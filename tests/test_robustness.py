@@ -378,3 +378,40 @@ def test_a_full_disk_while_encoding_a_video_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DiskFull, match=r"v.mp4: no space left on device"):
         write_mp4(tmp_path / "v.mp4", np.zeros((3, 8, 8, 3), np.uint8))
     assert not list(tmp_path.iterdir())
+
+
+# --- smaller things a newcomer met ----------------------------------------------------------
+
+
+def test_a_negative_seed_names_its_key(capsys):
+    assert main(["collect", "seed=-1"]) == 2
+    assert "seed must be an integer in [0, 2**63), got -1" in capsys.readouterr().err
+
+
+def test_no_held_out_episodes_says_why_instead_of_nan(tmp_path, capsys):
+    from test_any_game import dot_game
+
+    ds = dot_game(tmp_path / "dot", episodes=2, length=30)
+    ds.meta["test_fraction"] = 0.0
+    for e in ds.meta["episodes"]:
+        e["split"] = "train"
+    ds._write_manifest()
+    train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
+                                             *TINY_TRAIN, "steps=2", "batch_size=4", "eval_every=1"]))  # fmt: skip
+    out = capsys.readouterr()
+    assert "no held-out (test) episodes" in out.out and "nan" not in out.out + out.err
+
+
+def test_a_shipped_worlds_report_is_not_written_into_the_package(tmp_path):
+    from worldsim.bundle import resolve
+    from worldsim.evaluate import default_out
+
+    assert default_out(resolve("bricks")).as_posix() == "eval/bricks"
+    assert default_out(tmp_path / "w") == tmp_path / "w" / "eval"
+
+
+def test_headless_play_says_how_long_it_will_take(tiny_world, capsys):
+    assert main(["play", f"world={tiny_world}", "headless=true", "policy=random", "frames=4",
+                 "fps=100"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert "4 frames at 100 fps (about 0 s)" in out.out and "play: 100%" in out.err
