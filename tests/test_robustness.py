@@ -196,6 +196,10 @@ def test_sizes_are_bounded_before_memory_is_taken():
 
     with pytest.raises(ValueError, match=r"model.denoiser.context must be in \[1, 64\], got 0"):
         DenoiserConfig(context=0)
+    with pytest.raises(ValueError, match=r"num_envs must be in \[1, 65536\], got 1000000"):
+        gym.make_vec("worldsim/World-v0", num_envs=10**6, world="bricks")
+    with pytest.raises(ValueError, match="batch_size must be <= 8192, got 100000"):
+        TrainConfig(batch_size=100_000)
 
 
 # --- datasets are only read ---------------------------------------------------------------
@@ -415,3 +419,14 @@ def test_headless_play_says_how_long_it_will_take(tiny_world, capsys):
                  "fps=100"]) == 0  # fmt: skip
     out = capsys.readouterr()
     assert "4 frames at 100 fps (about 0 s)" in out.out and "play: 100%" in out.err
+
+
+def test_a_full_disk_while_playing_says_so_and_play_goes_on(
+    tiny_world, tmp_path, monkeypatch, capsys
+):
+    _fill_disk_after(monkeypatch, 0)
+    code = main(["play", f"world={tiny_world}", "headless=true", "policy=random", "frames=6",
+                 "fps=0", "record=true", f"out={tmp_path / 'rec'}"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "played 6 frames" in out
+    assert "recording not saved: no space left on device" in out

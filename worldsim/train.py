@@ -35,6 +35,9 @@ from worldsim.runtime import (
     warn_if_bf16_emulated,
 )
 
+MAX_BATCH = 8192
+"""Largest training batch (segments per step per process): a bound before memory is taken."""
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -122,6 +125,8 @@ class RunConfig:
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.batch_size > MAX_BATCH:
+            raise ValueError(f"batch_size must be <= {MAX_BATCH}, got {self.batch_size}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.ema_rampup <= 1:

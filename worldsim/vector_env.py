@@ -12,6 +12,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from worldsim.env import check_context, has_context, load_checked, make_sampler
 from worldsim.world import World
 
+MAX_ENVS = 65_536
+"""Most worlds one vector env steps together (a bound before memory is taken)."""
+
 
 class WorldModelVectorEnv(VectorEnv):
     """`num_envs` dreams of one world, batched. Env i behaves like a `WorldModelEnv` seeded
@@ -30,8 +33,8 @@ class WorldModelVectorEnv(VectorEnv):
                  autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
                  frame_size: int | None = None, num_actions: int | None = None, render_mode: str | None = None,
                  precision: str = "fp32", end_on_life_loss: bool = False):  # fmt: skip
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if not 1 <= num_envs <= MAX_ENVS:
+            raise ValueError(f"num_envs must be in [1, {MAX_ENVS}], got {num_envs}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps < 1:
