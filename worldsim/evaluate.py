@@ -9,9 +9,11 @@ Writes report.json, psnr.png and rollouts.mp4 (real | teacher | student) to `out
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -59,12 +61,20 @@ class EvalConfig:
     """Replace an existing report."""
     precision: str = "fp32"
     """fp32, or bf16 to score the world as it runs under bfloat16 autocast."""
+    policy: Literal["", "auto", "random", "sticky", "scripted", "miss", "mix"] = ""
+    """Score on fresh play of the real game by this behaviour policy, recorded now with seeds
+    the world never trained on (from `seed` + 1,000,000), instead of a dataset's held-out
+    split: e.g. policy=random for play unlike the world's training data. Needs the game."""
+    play_steps: int = 4000
+    """policy=: steps of fresh play to record (into <out>/play-<policy>-seed<seed>)."""
     idm_steps: int = 600
     """Training steps of the inverse-dynamics model that checks, for any game, whether the
     world's frames show the action it was given (`worldsim.inverse_dynamics`); 0 = skip."""
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.play_steps < 1:
+            raise ValueError(f"play_steps must be >= 1, got {self.play_steps}")
         if self.idm_steps < 0:
             raise ValueError(f"idm_steps must be >= 0 (0 = skip), got {self.idm_steps}")
         if self.starts < 1 or self.horizon < 1:
@@ -208,14 +218,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(bundle.path)
     if (out / "report.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out}/report.json exists; pass overwrite=true to replace it")
-    ds = Dataset.open(cfg.data or bundle.meta["source"]["data"])
+    ds = _eval_data(cfg, bundle, out)
     if ds.frame_size != bundle.frame_size or ds.action_meanings != bundle.action_meanings:
         raise ValueError(f"{ds.root} holds {ds.frame_size} frames with actions {ds.action_meanings}; "
                          f"the world has {bundle.frame_size} and {bundle.action_meanings}")  # fmt: skip
     K, H = bundle.context, cfg.horizon
     test = SegmentSampler(ds, "test", K, horizon=H)
     b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), device)
-    report = {"world": str(bundle.path), "data": str(ds.root), "starts": cfg.starts, "horizon": H,
+    report = {"world": str(bundle.path), "data": str(ds.root), "policy": cfg.policy or "held-out split",
+              "starts": cfg.starts, "horizon": H,
               "samplers": {"copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}}}  # fmt: skip
     videos, P = {}, cfg.precision
     report["precision"] = P
@@ -223,9 +234,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     A, idm = len(bundle.action_meanings), None
     if cfg.idm_steps:
         print(f"eval: training the inverse-dynamics check ({cfg.idm_steps} steps)")
-        idm = train_idm(
-            SegmentSampler(ds, "train", K), A, cfg.idm_steps, seed=cfg.seed, device=device
-        )
+        idm = train_idm(_idm_data(ds, bundle, K), A, cfg.idm_steps, seed=cfg.seed, device=device)
     for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
         world, gen = World(bundle, s, P), torch.Generator(device).manual_seed(cfg.seed)
         g = rollout(
@@ -252,6 +261,38 @@ def evaluate(cfg: EvalConfig) -> dict:
     # last, and atomically: a report means the folder is complete (the pipeline relies on it)
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def _eval_data(cfg: EvalConfig, bundle: WorldBundle, out: Path) -> Dataset:
+    """The dataset to score on: fresh play by `cfg.policy` (all of it held out), or the
+    held-out split of `cfg.data` or of the world's own training data."""
+    if not cfg.policy:
+        return Dataset.open(cfg.data or bundle.meta["source"]["data"])
+    from worldsim.config import from_dict
+    from worldsim.data.collect import CollectConfig, collect
+    from worldsim.games import EnvConfig
+    from worldsim.policies import PolicyConfig
+
+    if not bundle.meta.get("env"):
+        raise ValueError(f"{bundle.path}/world.json names no game to play (no 'env' section)")
+    folder = out / f"play-{cfg.policy}-seed{cfg.seed}"
+    shutil.rmtree(folder, ignore_errors=True)  # (eval's own output, replaced with the report)
+    print(f"eval: recording {cfg.play_steps} steps of fresh {cfg.policy} play in {folder}")
+    return collect(CollectConfig(env=from_dict(EnvConfig, bundle.meta["env"]),
+                                 policy=PolicyConfig(name=cfg.policy), out=str(folder),
+                                 steps=cfg.play_steps, workers=1, seed=1_000_000 + cfg.seed,
+                                 test_fraction=1.0))  # fmt: skip
+
+
+def _idm_data(ds: Dataset, bundle: WorldBundle, K: int) -> SegmentSampler:
+    """Real play to fit the inverse-dynamics check on: the world's training data where it
+    is at hand, else the evaluation play itself."""
+    from worldsim.data.store import DataError
+
+    try:
+        return SegmentSampler(Dataset.open(bundle.meta["source"]["data"]), "train", K)
+    except DataError:
+        return SegmentSampler(ds, "test" if not ds.entries("train") else "train", K)
 
 
 def default_out(world: Path) -> Path:

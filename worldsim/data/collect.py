@@ -32,15 +32,16 @@ class CollectConfig:
     seed: int = 0
     """Seeds the games and the policy; episode i uses (seed, i)."""
     test_fraction: float = 0.1
-    """Share of episodes held out for evaluation (chosen by episode id)."""
+    """Share of episodes held out for evaluation (chosen by episode id; 1 = all of them, as
+    for evaluation play)."""
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if not 0 <= self.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if not 0 <= self.test_fraction <= 1:
+            raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
 
 
 def play_episode(env, policy: Policy, seed: int, max_steps: int, report=None) -> Episode:
@@ -93,7 +94,7 @@ def _record(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) ->
         ep = play_episode(env, policy, seed=cfg.seed * 1_000_003 + ep_id, max_steps=budget - done,
                           report=lambda n: queue.put(("steps", n)))  # fmt: skip
         save_episode(ds.path_for(ep_id), ep)
-        queue.put(("episode", ep_id, len(ep), float(ep.rewards.sum())))
+        queue.put(("episode", ep_id, len(ep), float(ep.rewards.sum()), policy.name))
         done, k = done + len(ep), k + 1
     env.close()
 
@@ -102,9 +103,7 @@ def collect(cfg: CollectConfig) -> Dataset:
     """Record `cfg.steps` steps of play into `cfg.out` and return the dataset."""
     env = make_env(cfg.env)
     obs_shape = env.observation_space.shape
-    policy = Policy(
-        cfg.policy, env, np.random.default_rng(0)
-    ).name  # fails early if the game lacks it
+    Policy(cfg.policy, env, np.random.default_rng(0))  # fails early if the game lacks it
     lives = "lives" in env.reset(seed=cfg.seed)[1]  # the game reports lives: record lost ones
     ds = Dataset.create_or_append(
         cfg.out, env_id=cfg.env.id, env=cfg.env.name, action_meanings=action_meanings(env),
@@ -115,7 +114,7 @@ def collect(cfg: CollectConfig) -> Dataset:
     budgets = [cfg.steps // cfg.workers + (r < cfg.steps % cfg.workers) for r in range(cfg.workers)]
     with tqdm(total=cfg.steps, desc=f"collect {cfg.env.name}", unit="step", smoothing=0.1) as bar:
         if cfg.workers == 1:  # in this process: no start-up cost, works from any script
-            _worker(cfg, 0, first_id, cfg.steps, _Inline(ds, bar, policy))
+            _worker(cfg, 0, first_id, cfg.steps, _Inline(ds, bar))
             return ds
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -123,7 +122,7 @@ def collect(cfg: CollectConfig) -> Dataset:
                  for r, b in enumerate(budgets) if b > 0]  # fmt: skip
         for p in procs:
             p.start()
-        sink, recorded = _Inline(ds, bar, policy), 0
+        sink, recorded = _Inline(ds, bar), 0
         while recorded < cfg.steps:
             msg = _get(queue, procs)
             if msg[0] == "error":  # the finished episodes stay in the dataset
@@ -140,15 +139,15 @@ def collect(cfg: CollectConfig) -> Dataset:
 class _Inline:
     """Takes the workers' messages: advances the progress bar, records finished episodes."""
 
-    def __init__(self, ds: Dataset, bar: tqdm, policy: str):
-        self.ds, self.bar, self.policy = ds, bar, policy
+    def __init__(self, ds: Dataset, bar: tqdm):
+        self.ds, self.bar = ds, bar
 
     def put(self, msg: tuple) -> None:
         if msg[0] == "steps":
             self.bar.update(msg[1])
             return
-        _, ep_id, length, ret = msg
-        self.ds.add_entry(ep_id, length, ret, self.policy)
+        _, ep_id, length, ret, policy = msg
+        self.ds.add_entry(ep_id, length, ret, policy)
         self.bar.set_postfix(episodes=len(self.ds.entries()), ret=f"{ret:.0f}")
 
 
