@@ -67,12 +67,18 @@ class EvalConfig:
     split: e.g. policy=random for play unlike the world's training data. Needs the game."""
     play_steps: int = 4000
     """policy=: steps of fresh play to record (into <out>/play-<policy>-seed<seed>)."""
+    rules_steps: int = 1000
+    """For games with a rule checker (Bricks): steps of free play (sticky-random keys, 8
+    dreams) whose transitions are checked against the game's rules (`worldsim.rules`),
+    beside the same check on the real game; 0 = skip."""
     idm_steps: int = 600
     """Training steps of the inverse-dynamics model that checks, for any game, whether the
     world's frames show the action it was given (`worldsim.inverse_dynamics`); 0 = skip."""
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.rules_steps < 0:
+            raise ValueError(f"rules_steps must be >= 0 (0 = skip), got {self.rules_steps}")
         if self.play_steps < 1:
             raise ValueError(f"play_steps must be >= 1, got {self.play_steps}")
         if self.idm_steps < 0:
@@ -254,6 +260,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 idm, lambda c, a, w=world, gen=gen: w.draw(c, a, gen),
                 SegmentSampler(ds, "test", K), A, seed=cfg.seed, device=device),
         }  # fmt: skip
+    _check_rules(report, cfg, bundle, [s for s in samplers if s is not None])
     report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     _plot(report, out / "psnr.png")
@@ -261,6 +268,40 @@ def evaluate(cfg: EvalConfig) -> dict:
     # last, and atomically: a report means the folder is complete (the pipeline relies on it)
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def _check_rules(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers) -> None:
+    """Long free play checked against the game's rules, in the real game and each sampler's
+    world (games with a checker only)."""
+    from worldsim import rules
+
+    check = rules.CHECKERS.get(bundle.meta["env_id"])
+    if check is None or not cfg.rules_steps or bundle.frame_size != (64, 64):  # (as the game draws)
+        return
+    actions = rules.sticky_actions(8, cfg.rules_steps, len(bundle.action_meanings), cfg.seed)
+    try:
+        from worldsim.config import from_dict
+        from worldsim.games import EnvConfig, make_env
+
+        env = make_env(from_dict(EnvConfig, bundle.meta["env"]))
+        real = rules.real_play(env, actions, 1_000_000 + cfg.seed)
+        report["rules"] = {"real game": sum_rule_scores([check(f[None]) for f in real])}
+    except Exception as e:  # the game cannot be made here: the worlds are still checked
+        report["rules"] = {"real game": {"error": str(e)}}
+    for s in tqdm(samplers, desc="rules", unit="sampler"):
+        frames = rules.dream_play(World(bundle, s, cfg.precision), actions, cfg.seed)
+        report["rules"][label(s)] = check(frames)
+
+
+def sum_rule_scores(parts: list[dict]) -> dict:
+    """Rule scores of several rollouts, pooled."""
+    total = sum(p["transitions"] for p in parts)
+    kept = sum(p["kept"] * p["transitions"] for p in parts)
+    broken: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["broken"].items():
+            broken[k] = broken.get(k, 0) + v
+    return {"kept": kept / max(total, 1), "transitions": total, "broken": broken}
 
 
 def _eval_data(cfg: EvalConfig, bundle: WorldBundle, out: Path) -> Dataset:
@@ -379,6 +420,13 @@ def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
             + (f" | {idm['world']:.2f} / {idm['real']:.2f} ({idm['chance']:.2f})" if idm else " | -")
             + (f" | {r['fps_batch1']:.0f}, {r['fps_batch32']:.0f} |" if "fps_batch1" in r else " | - |")
         )  # fmt: skip
+    for name, r in report.get("rules", {}).items():
+        if "kept" in r:
+            worst = ", ".join(
+                f"{k} {v}" for k, v in sorted(r["broken"].items(), key=lambda kv: -kv[1])[:3]
+            )
+            lines.append(f"\nrules kept over long play, {name}: {100 * r['kept']:.1f}% of "
+                         f"{r['transitions']} transitions" + (f" (broken: {worst})" if worst else ""))  # fmt: skip
     re = report["reward_end"]
     lines.append(
         f"\nreward accuracy {re['reward_accuracy']:.3f} (non-zero rewards "

@@ -1,0 +1,53 @@
+"""The Bricks rule checker: real play keeps every rule; broken rules are caught."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from worldsim.data.collect import play_episode
+from worldsim.policies import Policy, PolicyConfig
+from worldsim.rules import read_bricks, rule_scores
+
+
+@pytest.mark.parametrize("policy", ["scripted", "miss", "sticky", "random"])
+def test_real_play_keeps_every_rule(policy):
+    env = gym.make("worldsim/Bricks-v0")
+    ep = play_episode(env, Policy(PolicyConfig(name=policy), env, np.random.default_rng(1)),
+                      seed=7, max_steps=400)  # fmt: skip
+    scores = rule_scores(ep.frames[None])
+    assert scores["kept"] == 1.0, scores["broken"]
+
+
+def test_broken_rules_are_caught():
+    env = gym.make("worldsim/Bricks-v0")
+    frames = [env.reset(seed=0)[0]]
+    for a in [1] + [2] * 5:
+        frames.append(env.step(a)[0])
+    frames = np.stack(frames)
+    o = read_bricks(frames[-1])
+    y, x = (int(v) for v in o.balls[0])
+    two_balls = frames.copy()
+    two_balls[-1, 30:32, 30:32] = 236  # a second ball appears
+    lost_brick = frames.copy()
+    lost_brick[:-1, 14:16, 2:7] = 0  # a brick missing before is back at the end
+    more_lives = frames.copy()
+    more_lives[:-1, 2:4, 50:53] = 0  # the third life mark missing before: lives went up
+    jump = frames.copy()
+    jump[-1, y - 1 : y + 3, x - 1 : x + 3] = 0  # the ball vanishes where it was...
+    jump[-1, 40:42, 30:32] = 236  # ...and is far away
+    for broken, rule in ((two_balls, "one ball"), (lost_brick, "bricks come back"),
+                         (more_lives, "lives"), (jump, "ball jump")):  # fmt: skip
+        assert rule in rule_scores(broken[None])["broken"], rule
+
+
+def test_eval_checks_the_shipped_bricks_world_on_fresh_play(tmp_path):
+    from worldsim.config import load_config
+    from worldsim.evaluate import EvalConfig, evaluate, summary
+
+    report = evaluate(load_config("eval", EvalConfig, [
+        "world=bricks", f"out={tmp_path}", "policy=sticky", "play_steps=300", "starts=2",
+        "horizon=2", "idm_steps=0", "rules_steps=8", "samplers=[{name:onestep,steps:1}]"]))  # fmt: skip
+    assert report["rules"]["real game"]["kept"] == 1.0
+    dream = report["rules"]["student onestep 1"]
+    assert dream["transitions"] == 8 * 8 and 0 <= dream["kept"] <= 1
+    assert "rules kept over long play, student onestep 1" in summary(report)

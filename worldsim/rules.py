@@ -1,0 +1,176 @@
+"""Does a world keep the game's rules over long play? A rule checker for Bricks.
+
+PSNR says how close a frame is to the real one; it cannot say whether the world still plays
+the game a hundred steps later, when no real frame is left to compare with. This module
+reads the objects off a Bricks frame (the ball, the paddle, the wall of bricks, the lives
+left) and checks each transition against the game's rules:
+
+- one ball, and one paddle in the paddle's row;
+- the paddle moves at most its speed per step;
+- the ball moves a bounded distance per step, unless it was just served again;
+- bricks never come back (unless the wall was cleared and a new one drawn);
+- lives never increase, fall by at most one, and a lost life puts the ball on the paddle.
+
+It is checked on real play first (`worldsim eval` reports both): a rule the real game breaks
+under this reading is a bug in the reader, not in the world.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from worldsim_envs import bricks as game
+
+_TOLERANCE = 60  # colour distance (sum over RGB) that still counts as the object's colour
+
+
+class BricksObjects(NamedTuple):
+    """What one frame shows: ball blobs' centres, the paddle's left edge (or None), the
+    wall of bricks (6, 10) bool, and the lives left."""
+
+    balls: list[tuple[float, float]]
+    paddle: float | None
+    bricks: np.ndarray
+    lives: int
+
+
+def _near(pixels: np.ndarray, color: np.ndarray) -> np.ndarray:
+    return np.abs(pixels.astype(np.int32) - color.astype(np.int32)).sum(-1) < _TOLERANCE
+
+
+def _blobs(mask: np.ndarray) -> list[tuple[float, float]]:
+    """Centres (y, x) of the 4-connected blobs of a boolean image."""
+    import cv2
+
+    n, _, stats, centres = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    return [(float(c[1]), float(c[0])) for c, s in zip(centres[1:], stats[1:], strict=True)
+            if s[cv2.CC_STAT_AREA] >= 2]  # fmt: skip
+
+
+def read_bricks(frame: np.ndarray) -> BricksObjects:
+    """The objects of one (64, 64, 3) uint8 Bricks frame.
+
+    >>> from worldsim_envs.bricks import BricksEnv
+    >>> o = read_bricks(BricksEnv().reset(seed=0)[0])
+    >>> len(o.balls), o.paddle is not None, int(o.bricks.sum()), o.lives
+    (1, True, 60, 3)
+    """
+    g = game
+    field = frame[g.TOP :, g.WALL : g.SIZE - g.WALL]
+    balls = [(y + g.TOP, x + g.WALL) for y, x in _blobs(_near(field, g.BALL_COLOR))]
+    row = _near(frame[g.PADDLE_Y : g.PADDLE_Y + g.PADDLE_H], g.PADDLE_COLOR).any(0)
+    cols = np.flatnonzero(row)
+    paddle = float(cols[0]) if len(cols) >= g.PADDLE_W // 2 else None
+    bricks = np.zeros((g.BRICK_ROWS, g.BRICK_COLS), bool)
+    for r in range(g.BRICK_ROWS):
+        y = g.BRICK_Y0 + r * g.BRICK_H
+        for c in range(g.BRICK_COLS):
+            x = g.WALL + c * g.BRICK_W
+            cell = frame[y : y + g.BRICK_H - 1, x : x + g.BRICK_W - 1]
+            bricks[r, c] = _near(cell, g.ROW_COLORS[r]).mean() > 0.5
+    lives = sum(
+        _near(frame[2:4, g.SIZE - 2 - 4 * (i + 1) : g.SIZE - 2 - 4 * i - 1], g.PADDLE_COLOR).mean()
+        > 0.5
+        for i in range(5)
+    )
+    return BricksObjects(balls, paddle, bricks, int(lives))
+
+
+def bricks_violations(before: BricksObjects, after: BricksObjects) -> list[str]:
+    """The rules a transition breaks (empty: it keeps them all)."""
+    g, broken = game, []
+    if len(after.balls) != 1:
+        broken.append("one ball")
+    if after.paddle is None:
+        broken.append("one paddle")
+    elif before.paddle is not None and abs(after.paddle - before.paddle) > g.PADDLE_SPEED + 1:
+        broken.append("paddle speed")
+    served = after.lives == before.lives - 1
+    if after.lives > before.lives or after.lives < before.lives - 1:
+        broken.append("lives")
+    new_wall = after.bricks.all() and before.bricks.sum() <= 2
+    if (after.bricks & ~before.bricks).any() and not new_wall:
+        broken.append("bricks come back")
+    if len(before.balls) == 1 and len(after.balls) == 1 and not served:
+        (y0, x0), (y1, x1) = before.balls[0], after.balls[0]
+        if max(abs(y1 - y0), abs(x1 - x0)) > 2.6 + g.PADDLE_SPEED + 1:  # top speed, or carried
+            broken.append("ball jump")
+    if served and len(after.balls) == 1 and after.paddle is not None:
+        y, x = after.balls[0]
+        if not (
+            abs(y - (g.PADDLE_Y - 1)) <= 2
+            and after.paddle - 1 <= x <= after.paddle + g.PADDLE_W + 1
+        ):
+            broken.append("serve")
+    return broken
+
+
+def rule_scores(frames: np.ndarray) -> dict:
+    """Rollouts (N, T, 64, 64, 3) uint8 -> the share of transitions that keep every rule,
+    and how often each rule was broken."""
+    counts: dict[str, int] = {}
+    kept = total = 0
+    for rollout in frames:
+        objects = [read_bricks(f) for f in rollout]
+        for a, b in zip(objects, objects[1:], strict=False):
+            broken = bricks_violations(a, b)
+            total += 1
+            kept += not broken
+            for rule in broken:
+                counts[rule] = counts.get(rule, 0) + 1
+    return {"kept": kept / max(total, 1), "transitions": total, "broken": counts}
+
+
+CHECKERS = {"worldsim/Bricks-v0": rule_scores}
+"""Games with a rule checker, by Gymnasium id."""
+
+
+def sticky_actions(n: int, steps: int, num_actions: int, seed: int) -> np.ndarray:
+    """(n, steps) sticky-random actions: each held for 1 to 4 steps.
+
+    >>> a = sticky_actions(2, 50, 4, seed=0)
+    >>> a.shape, int(a.min()) >= 0, int(a.max()) < 4
+    ((2, 50), True, True)
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, steps), np.int64)
+    for i in range(n):
+        t = 0
+        while t < steps:
+            k = int(rng.integers(1, 5))
+            out[i, t : t + k] = rng.integers(num_actions)
+            t += k
+    return out
+
+
+def dream_play(world, actions: np.ndarray, seed: int) -> np.ndarray:
+    """Frames (n, steps+1, H, W, 3) uint8 of a `World` played from its first n starts with
+    `actions` (n, steps), never reset (a lost game is played on, as the world draws it)."""
+    import torch
+
+    b = world.bundle
+    n = len(actions)
+    idx = torch.arange(n) % len(b.start_frames)
+    world.reset(b.start_frames[idx], b.start_actions[idx])
+    gens = [torch.Generator(world.device).manual_seed(seed + i) for i in range(n)]
+    frames = [world.observation().cpu().numpy()]
+    for t in range(actions.shape[1]):
+        out = world.step(torch.from_numpy(actions[:, t]), gens)
+        frames.append(out.frames.cpu().numpy())
+    return np.stack(frames, axis=1)
+
+
+def real_play(env, actions: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Frames of the real game played with `actions` (n, steps), each row one episode from
+    its own seed (stopped where the game ends)."""
+    out = []
+    for i, row in enumerate(actions):
+        frames = [env.reset(seed=seed + i)[0]]
+        for a in row:
+            obs, _, term, trunc, _ = env.step(int(a))
+            frames.append(obs)
+            if term or trunc:
+                break
+        out.append(np.stack(frames))
+    return out
