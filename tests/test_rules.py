@@ -51,3 +51,6 @@ def test_eval_checks_the_shipped_bricks_world_on_fresh_play(tmp_path):
     dream = report["rules"]["student onestep 1"]
     assert dream["transitions"] == 8 * 8 and 0 <= dream["kept"] <= 1
     assert "rules kept over long play, student onestep 1" in summary(report)
+    realism = report["realism"]["student onestep 1"]
+    assert realism[0] is not None and realism[0] >= 0 and realism[2] is None  # 8 steps only
+    assert (tmp_path / "psnr.png").exists()

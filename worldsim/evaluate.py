@@ -68,9 +68,9 @@ class EvalConfig:
     play_steps: int = 4000
     """policy=: steps of fresh play to record (into <out>/play-<policy>-seed<seed>)."""
     rules_steps: int = 1000
-    """For games with a rule checker (Bricks): steps of free play (sticky-random keys, 8
-    dreams) whose transitions are checked against the game's rules (`worldsim.rules`),
-    beside the same check on the real game; 0 = skip."""
+    """Steps of free play (sticky-random keys, 8 dreams) scored for realism (distance to the
+    nearest held-out real frame, any game) and, for games with a rule checker (Bricks),
+    against the game's rules, beside the real game's own figures; 0 = skip."""
     idm_steps: int = 600
     """Training steps of the inverse-dynamics model that checks, for any game, whether the
     world's frames show the action it was given (`worldsim.inverse_dynamics`); 0 = skip."""
@@ -260,7 +260,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 idm, lambda c, a, w=world, gen=gen: w.draw(c, a, gen),
                 SegmentSampler(ds, "test", K), A, seed=cfg.seed, device=device),
         }  # fmt: skip
-    _check_rules(report, cfg, bundle, [s for s in samplers if s is not None])
+    _long_play(report, cfg, bundle, [s for s in samplers if s is not None], ds)
     report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     _plot(report, out / "psnr.png")
@@ -270,27 +270,58 @@ def evaluate(cfg: EvalConfig) -> dict:
     return report
 
 
-def _check_rules(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers) -> None:
-    """Long free play checked against the game's rules, in the real game and each sampler's
-    world (games with a checker only)."""
+def _long_play(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers, ds: Dataset) -> None:
+    """Free play for `rules_steps` steps (8 dreams, sticky-random keys): for any game, how
+    far its frames drift from the nearest real frame of held-out play (`realism`, with real
+    play's own distance beside it); for games with a checker, the rules kept (`rules`)."""
     from worldsim import rules
 
-    check = rules.CHECKERS.get(bundle.meta["env_id"])
-    if check is None or not cfg.rules_steps or bundle.frame_size != (64, 64):  # (as the game draws)
+    if not cfg.rules_steps:
         return
     actions = rules.sticky_actions(8, cfg.rules_steps, len(bundle.action_meanings), cfg.seed)
-    try:
-        from worldsim.config import from_dict
-        from worldsim.games import EnvConfig, make_env
-
-        env = make_env(from_dict(EnvConfig, bundle.meta["env"]))
-        real = rules.real_play(env, actions, 1_000_000 + cfg.seed)
-        report["rules"] = {"real game": sum_rule_scores([check(f[None]) for f in real])}
-    except Exception as e:  # the game cannot be made here: the worlds are still checked
-        report["rules"] = {"real game": {"error": str(e)}}
-    for s in tqdm(samplers, desc="rules", unit="sampler"):
+    check = rules.CHECKERS.get(bundle.meta["env_id"]) if bundle.frame_size == (64, 64) else None
+    episodes = [ds.load(e).frames for e in ds.entries("test")]
+    bank = np.concatenate(episodes[::2])
+    bank = bank[np.random.default_rng(cfg.seed).permutation(len(bank))[:4000]]
+    report["realism"] = {"horizons": list(REALISM_BUCKETS)}
+    if len(episodes) > 1:  # real play the bank does not hold: the distance the game itself keeps
+        report["realism"]["real game"] = _buckets([rules.nearest_real_distance(f[1:], bank)
+                                                   for f in episodes[1::2]])  # fmt: skip
+    if check is not None:
+        real = _real_play(bundle, actions, cfg.seed)
+        report["rules"] = {"real game": sum_rule_scores([check(f[None]) for f in real])
+                           if real else {"error": "the game cannot be made here"}}  # fmt: skip
+    for s in tqdm(samplers, desc="long play", unit="sampler"):
         frames = rules.dream_play(World(bundle, s, cfg.precision), actions, cfg.seed)
-        report["rules"][label(s)] = check(frames)
+        report["realism"][label(s)] = _buckets(
+            list(rules.nearest_real_distance(frames[:, 1:], bank))
+        )
+        if check is not None:
+            report["rules"][label(s)] = check(frames)
+
+
+REALISM_BUCKETS = ((1, 10), (11, 100), (101, 1000))
+
+
+def _buckets(curves: list[np.ndarray]) -> list[float | None]:
+    """Mean distance over steps 1-10, 11-100 and 101-1000 of some rollouts (None: none)."""
+    out = []
+    for lo, hi in REALISM_BUCKETS:
+        parts = [c[lo - 1 : hi] for c in curves if len(c) >= lo]
+        out.append(float(np.concatenate(parts).mean()) if parts else None)
+    return out
+
+
+def _real_play(bundle: WorldBundle, actions: np.ndarray, seed: int) -> list[np.ndarray]:
+    from worldsim import rules
+    from worldsim.config import from_dict
+    from worldsim.games import EnvConfig, make_env
+
+    try:
+        env = make_env(from_dict(EnvConfig, bundle.meta["env"]))
+    except Exception:  # the game is not installed here: the worlds are still checked
+        return []
+    return rules.real_play(env, actions, 1_000_000 + seed)
 
 
 def sum_rule_scores(parts: list[dict]) -> dict:
@@ -360,14 +391,32 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    realism = report.get("realism", {})
+    fig, axes = plt.subplots(1, 3 if realism else 2, figsize=(16 if realism else 11, 4))
     for name, r in report["samplers"].items():
         ar = r["autoregressive"]
         h = np.arange(1, len(ar["psnr"]) + 1)
         style = "k--" if name == "copy last frame" else "-"
         axes[0].plot(h, ar["psnr"], style, label=name)
         axes[1].plot(h, ar["psnr_moving"], style, label=name)
-    for ax, title in zip(axes, ("whole frame", "moving pixels"), strict=True):
+    if realism:  # free play: distance to the nearest held-out real frame, per span of steps
+        spans = [f"{lo}-{hi}" for lo, hi in realism["horizons"]]
+        for name, r in realism.items():
+            if name != "horizons":
+                axes[2].plot(
+                    spans,
+                    [np.nan if v is None else v for v in r],
+                    "k--" if name == "real game" else "o-",
+                    label=name,
+                )
+        axes[2].set(
+            xlabel="steps of free play",
+            ylabel="RMS levels (16x16)",
+            title="distance to nearest real frame",
+        )
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=8)
+    for ax, title in zip(axes[:2], ("whole frame", "moving pixels"), strict=True):
         ax.set(
             xscale="log", xlabel="horizon (steps, autoregressive)", ylabel="PSNR (dB)", title=title
         )
@@ -420,6 +469,12 @@ def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
             + (f" | {idm['world']:.2f} / {idm['real']:.2f} ({idm['chance']:.2f})" if idm else " | -")
             + (f" | {r['fps_batch1']:.0f}, {r['fps_batch32']:.0f} |" if "fps_batch1" in r else " | - |")
         )  # fmt: skip
+    real = report.get("realism", {})
+    for name, r in real.items():
+        if name != "horizons":
+            spans = ", ".join(f"h{lo}-{hi} {v:.1f}" for (lo, hi), v in zip(real["horizons"], r, strict=True)
+                              if v is not None)  # fmt: skip
+            lines.append(f"\ndistance to the nearest real frame (levels), {name}: {spans}")
     for name, r in report.get("rules", {}).items():
         if "kept" in r:
             worst = ", ".join(

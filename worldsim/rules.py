@@ -174,3 +174,28 @@ def real_play(env, actions: np.ndarray, seed: int) -> list[np.ndarray]:
                 break
         out.append(np.stack(frames))
     return out
+
+
+def nearest_real_distance(frames: np.ndarray, bank: np.ndarray, size: int = 16) -> np.ndarray:
+    """For any game: how far each frame (..., H, W, 3) uint8 is from the nearest frame of a
+    bank of real ones (M, H, W, 3), as the RMS difference of the two at `size` x `size` (in
+    levels). A world whose frames stay like the game's stays near the bank; one that drifts
+    into pictures the game never shows moves away from it, whatever the real future was.
+
+    >>> bank = np.zeros((3, 8, 8, 3), np.uint8); bank[1] = 10
+    >>> nearest_real_distance(np.full((2, 8, 8, 3), 10, np.uint8), bank, size=4).tolist()
+    [0.0, 0.0]
+    """
+    import cv2
+    import torch
+
+    def small(x: np.ndarray) -> torch.Tensor:
+        flat = x.reshape(-1, *x.shape[-3:])
+        out = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in flat])
+        return torch.from_numpy(out.reshape(len(flat), -1).astype(np.float32))
+
+    q, b = small(frames), small(bank)
+    best = torch.cat(
+        [torch.cdist(q[i : i + 1024], b).min(dim=1).values for i in range(0, len(q), 1024)]
+    )
+    return (best / (3 * size * size) ** 0.5).numpy().reshape(frames.shape[:-3])
