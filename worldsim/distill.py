@@ -200,6 +200,7 @@ class Distiller(Trainer):
     """Trains the student with the Trainer's loop, checkpoints and resume."""
 
     progress_name = "distill"
+    min_useful_steps = 100  # (it starts from the teacher: a short distillation still helps)
 
     def __init__(self, cfg: DistillConfig):
         self.teacher_state, self.teacher_weights = _teacher(Path(cfg.teacher))

@@ -160,6 +160,8 @@ class Trainer:
     """Owns the model, EMA, optimizer, data and RNGs of one run, and their checkpoints."""
 
     progress_name = "train"
+    min_useful_steps = 1000
+    """Fewer optimizer steps than this rarely give a world better than copying the last frame."""
 
     def __init__(self, cfg: RunConfig, model_cfg: ModelConfig | None = None):
         self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
@@ -446,10 +448,10 @@ class Trainer:
         print(
             f"{self.run}: {self.step} steps in {self.elapsed / 60:.1f} min ({per_step:.2f} s/step)"
         )
-        if self.step < MIN_USEFUL_STEPS:
+        if self.step < self.min_useful_steps:
             print(
                 f"warning: {self.step} steps are too few for a useful world (aim for at least "
-                f"{MIN_USEFUL_STEPS}); is the machine busy? Continue with resume=true and a larger "
+                f"{self.min_useful_steps}); is the machine busy? Continue with resume=true and a larger "
                 f"minutes= (now {cfg.minutes:g}), or free the CPU",
                 file=sys.stderr,
             )
@@ -518,10 +520,6 @@ def _truncate_log(log: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by a crash
     atomic_write(log, lambda f: f.write("".join(x + "\n" for x in keep).encode()))
-
-
-MIN_USEFUL_STEPS = 1000
-"""Fewer optimizer steps than this rarely give a world better than copying the last frame."""
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
