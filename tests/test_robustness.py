@@ -430,3 +430,16 @@ def test_a_full_disk_while_playing_says_so_and_play_goes_on(
     out = capsys.readouterr().out
     assert code == 0 and "played 6 frames" in out
     assert "recording not saved: no space left on device" in out
+
+
+def test_atari_key_maps_of_characters_load(tiny_world, tmp_path):
+    import shutil
+
+    from worldsim.bundle import load_world
+
+    world = tmp_path / "w"
+    shutil.copytree(tiny_world, world)
+    meta = json.loads((world / "world.json").read_text())
+    meta["keys_to_action"] = [[["e"], 0], [[" "], 1], [["d", " "], 2]]  # as ALE gives them
+    (world / "world.json").write_text(json.dumps(meta))
+    assert load_world(world).keys_to_action == {("e",): 0, (" ",): 1, ("d", " "): 2}

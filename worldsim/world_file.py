@@ -96,7 +96,7 @@ class WorldMeta:
                 )
         for pair in self.keys_to_action:
             ok = (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], list)
-                  and all(isinstance(k, int) for k in pair[0]) and isinstance(pair[1], int)
+                  and all(isinstance(k, int | str) for k in pair[0]) and isinstance(pair[1], int)
                   and 0 <= pair[1] < len(self.action_meanings))  # fmt: skip
             if not ok:
                 raise ValueError(
@@ -104,7 +104,7 @@ class WorldMeta:
                 )
         for pair in self.keys_to_action:
             ok = (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], list)
-                  and all(isinstance(k, int) for k in pair[0]) and isinstance(pair[1], int)
+                  and all(isinstance(k, int | str) for k in pair[0]) and isinstance(pair[1], int)
                   and 0 <= pair[1] < len(self.action_meanings))  # fmt: skip
             if not ok:
                 raise ValueError(
