@@ -50,10 +50,12 @@ class PresetConfig:
     """Held-out starts scored by eval."""
     eval_horizon: int = 16
     """Autoregressive horizon of eval."""
+    eval_long_play: int = 200
+    """Steps of free play eval checks for realism (and the rules, for Bricks)."""
 
     def __post_init__(self):  # checked here, not hours later when the stage starts
         for key in ("collect_steps", "batch_size", "train_steps", "distill_steps", "eval_starts",
-                    "eval_horizon"):  # fmt: skip
+                    "eval_horizon", "eval_long_play"):  # fmt: skip
             if getattr(self, key) < 1:
                 raise ValueError(f"preset.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("train_minutes", "distill_minutes"):
@@ -196,6 +198,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
                         world=str(world),
                         starts=p.eval_starts,
                         horizon=p.eval_horizon,
+                        rules_steps=p.eval_long_play,
                         seed=cfg.seed,
                         device=cfg.device,
                     )
