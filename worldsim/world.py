@@ -112,6 +112,8 @@ class World:
         # adds its last frame to the output, which must stay exact
         residual = bundle.model.denoiser.cfg.residual
         self._dtype = torch.bfloat16 if self.precision == "bf16" and not residual else torch.float32
+        # logit thresholds of the end and lost-life predictions, read once (not per step)
+        self._end_at, self._life_at = bundle.thresholds["end"], bundle.thresholds["life"]
         self._ctx: torch.Tensor | None = None  # (N, K*3*r*r, H/r, W/r), `pack`ed frames
         self.actions: torch.Tensor | None = None
 
@@ -189,9 +191,8 @@ class World:
         self._ctx = torch.cat([self._ctx[:, nxt.shape[1] :], nxt], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
-        t = self.bundle.thresholds
         frames = unpack(frame, self._r).permute(0, 2, 3, 1)
-        return Step(frames, rewards, e_logit > t["end"], l_logit > t["life"])
+        return Step(frames, rewards, e_logit > self._end_at, l_logit > self._life_at)
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""

@@ -100,15 +100,7 @@ class WorldMeta:
                   and 0 <= pair[1] < len(self.action_meanings))  # fmt: skip
             if not ok:
                 raise ValueError(
-                    f"keys_to_action entries must be [[key codes], action], got {pair!r}"[:200]
-                )
-        for pair in self.keys_to_action:
-            ok = (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], list)
-                  and all(isinstance(k, int | str) for k in pair[0]) and isinstance(pair[1], int)
-                  and 0 <= pair[1] < len(self.action_meanings))  # fmt: skip
-            if not ok:
-                raise ValueError(
-                    f"keys_to_action entries must be [[key codes], action], got {pair!r}"[:200]
+                    f"keys_to_action entries must be [[keys], action], got {pair!r}"[:200]
                 )
         if not isinstance(self.source.get("data", ""), str):
             raise ValueError(f"source.data must be a folder path, got {self.source.get('data')!r}")
