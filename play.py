@@ -1,11 +1,12 @@
 """Play a learned world with the keyboard: `python play.py [world=<name|path>] [key=value ...]`.
 
-`python play.py --help` lists every option; `headless=true policy=random` runs without a window.
+The same as `worldsim play ...`; `python play.py --help` lists every option, and
+`headless=true policy=random` runs without a window.
 """
 
 import sys
 
-from worldsim.play.app import main
+from worldsim.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["play", *sys.argv[1:]]))

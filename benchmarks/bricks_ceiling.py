@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import worldsim  # noqa: F401  (registers the games)
-from worldsim.metrics import moving_mask, psnr
+from worldsim.evaluation.metrics import moving_mask, psnr
 from worldsim.policies import Policy, PolicyConfig
 
 HORIZONS = (1, 4, 8, 16)

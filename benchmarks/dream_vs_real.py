@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from worldsim.rl import dream_rates, real_rates
-from worldsim.vector_env import WorldModelVectorEnv
+from worldsim.sim.vector_env import WorldModelVectorEnv
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def collect_seconds(steps: int, workers: int) -> float:
     out = tempfile.mkdtemp()
     try:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "worldsim.cli", "collect", f"out={out}/d", f"steps={steps}",
+        subprocess.run([sys.executable, "-m", "worldsim", "collect", f"out={out}/d", f"steps={steps}",
                         f"workers={workers}"], check=True, capture_output=True)  # fmt: skip
         return time.perf_counter() - t
     finally:

@@ -19,10 +19,10 @@ import torch
 from worldsim.config import load_config
 from worldsim.data.collect import CollectConfig, collect
 from worldsim.data.segments import SegmentSampler
+from worldsim.evaluation.rollout import copy_last, rollout, score
 from worldsim.models.samplers import SamplerConfig
-from worldsim.rollout import copy_last, rollout, score
-from worldsim.train import TrainConfig, Trainer
-from worldsim.world import next_frame
+from worldsim.sim.world import next_frame
+from worldsim.training.train import TrainConfig, Trainer
 
 TRAIN = ["model=tiny", "steps=1500", "eval_every=100000", "sample_every=100000", "ckpt_every=100000",
          "optim.lr=1e-3", "optim.warmup=20", "ema=0.95"]  # fmt: skip

@@ -29,7 +29,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecFrameStack
 
 from worldsim.rl import PPO_ARGS, RLConfig, _time_budget, score, summary
-from worldsim.sb3 import WorldVecEnv
+from worldsim.sim.sb3 import WorldVecEnv
 
 
 def lives(obs: np.ndarray) -> np.ndarray:

@@ -22,27 +22,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim import checkpoint as ckpt
+from worldsim import files
 from worldsim.config import from_dict
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
+from worldsim.evaluation.rollout import copy_last, rollout, score
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import ModelConfig, WorldModel
-from worldsim.rollout import copy_last, rollout, score
-from worldsim.world import next_frame
+from worldsim.sim import world_file
+from worldsim.sim.world import next_frame
 
 HORIZONS = (1, 4, 16)
 
 
 def load_run(run: Path) -> tuple[WorldModel, dict]:
-    path = ckpt.latest_checkpoint(run)
-    state = ckpt.load_json(path / "state.json")
+    path = world_file.latest_checkpoint(run)
+    state = files.load_json(path / "state.json")
     model = WorldModel(
         from_dict(ModelConfig, state["model"]),
         len(state["action_meanings"]),
         state["reward_values"],
     )
-    ckpt.load_weights(model, ckpt.load_tensors(path / "ema.safetensors"), path)
+    files.load_weights(model, files.load_tensors(path / "ema.safetensors"), path)
     return model.eval(), state
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=64, help="held-out starting points")
     args = p.parse_args()
     if args.train_minutes:
-        subprocess.run([sys.executable, "-m", "worldsim.cli", "train", f"data={args.data}", f"out={args.run}",
+        subprocess.run([sys.executable, "-m", "worldsim", "train", f"data={args.data}", f"out={args.run}",
                         f"minutes={args.train_minutes}", "steps=1000000"], check=True)  # fmt: skip
     model, state = load_run(Path(args.run))
     K = model.cfg.denoiser.context

@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from worldsim.checkpoint import CheckpointError
-from worldsim.env import WorldModelEnv
+from worldsim.files import CheckpointError
 from worldsim.play.app import PlayConfig, PlaySession
-from worldsim.vector_env import WorldModelVectorEnv
+from worldsim.sim.env import WorldModelEnv
+from worldsim.sim.vector_env import WorldModelVectorEnv
 
 
 def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str = "cpu",

@@ -14,12 +14,12 @@ import argparse
 import numpy as np
 import torch
 
-from worldsim.bundle import load_world
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
-from worldsim.rollout import rollout
-from worldsim.video import upscale
-from worldsim.world import World, next_frame
+from worldsim.data.video import upscale
+from worldsim.evaluation.rollout import rollout
+from worldsim.sim.world import World, next_frame
+from worldsim.sim.world_file import load_world
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ TINY_TRAIN = ["model=tiny", "optim.lr=1e-3", "optim.warmup=20", "ema=0.95", "eva
 @pytest.fixture(scope="session")
 def small_run(bricks32, tmp_path_factory):
     """A tiny world model run (2 steps) over Bricks-32: enough to exercise checkpoints."""
-    from worldsim.train import TrainConfig, train
+    from worldsim.training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("runs") / "small"
     cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={run}", *TINY_TRAIN,
@@ -50,8 +50,8 @@ def small_run(bricks32, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(small_run, tmp_path_factory):
     """A world folder with teacher and one-step student (both barely trained: for API tests)."""
-    from worldsim.bundle import BundleConfig, bundle
-    from worldsim.distill import DistillConfig, distill
+    from worldsim.training.bundle import BundleConfig, bundle
+    from worldsim.training.distill import DistillConfig, distill
 
     root = tmp_path_factory.mktemp("worlds")
     student = distill(load_config("distill", DistillConfig, [f"teacher={small_run}", f"out={root / 'student'}",

@@ -12,7 +12,7 @@ from worldsim.config import load_config
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset, Episode
 from worldsim.games import EnvConfig
-from worldsim.train import TrainConfig, Trainer, train
+from worldsim.training.train import TrainConfig, Trainer, train
 
 
 def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) -> Dataset:
@@ -87,7 +87,8 @@ def test_pipeline_has_a_policy_key_and_auto_plays_any_game():
 
 
 def test_a_run_folder_works_from_another_directory(bricks32, tmp_path, monkeypatch):
-    from worldsim.bundle import BundleConfig, bundle, load_world
+    from worldsim.sim.world_file import load_world
+    from worldsim.training.bundle import BundleConfig, bundle
 
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir(), elsewhere.mkdir()
@@ -149,7 +150,7 @@ def test_a_short_time_budget_says_how_far_it_got(bricks32, tmp_path, capsys):
 
 
 def test_end_head_learns_rare_ends_and_its_threshold_is_calibrated(tmp_path):
-    from worldsim.calibration import calibrate, end_scores
+    from worldsim.training.calibration import calibrate, end_scores
 
     ds = dot_game(tmp_path / "dot", episodes=12, length=200, end_frame=True)
     args = [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=120", "batch_size=32"]
@@ -168,7 +169,7 @@ def test_end_head_learns_rare_ends_and_its_threshold_is_calibrated(tmp_path):
 
 
 def test_inverse_dynamics_tells_a_world_that_follows_the_keys_from_one_that_does_not(tmp_path):
-    from worldsim.inverse_dynamics import action_recovery, train_idm
+    from worldsim.evaluation.inverse_dynamics import action_recovery, train_idm
 
     ds = dot_game(tmp_path / "dot", episodes=8, length=200)
     train_split, test = SegmentSampler(ds, "train", 2), SegmentSampler(ds, "test", 2)

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from worldsim.bundle import BundleConfig, bundle, load_world
-from worldsim.checkpoint import CheckpointError
 from worldsim.cli import main
+from worldsim.files import CheckpointError
+from worldsim.sim.world_file import load_world
+from worldsim.training.bundle import BundleConfig, bundle
 
 
 @pytest.fixture(scope="module")

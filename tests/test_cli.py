@@ -12,7 +12,7 @@ from worldsim.data.collect import CollectConfig
 
 def run(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "worldsim.cli", *args],
+        [sys.executable, "-m", "worldsim", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

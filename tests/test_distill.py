@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from worldsim.config import load_config
-from worldsim.distill import (
+from worldsim.models.precond import consistency_scalings
+from worldsim.models.samplers import SamplerConfig, karras_sigmas, sample
+from worldsim.models.world_model import to_uint8, to_unit
+from worldsim.training.distill import (
     DistillConfig,
     Distiller,
     distillation_loss,
@@ -17,9 +20,6 @@ from worldsim.distill import (
     rollout_loss,
     solve_loss,
 )
-from worldsim.models.precond import consistency_scalings
-from worldsim.models.samplers import SamplerConfig, karras_sigmas, sample
-from worldsim.models.world_model import to_uint8, to_unit
 
 
 class ScalarStudent(torch.nn.Module):
@@ -170,7 +170,8 @@ def test_distill_command_trains_checkpoints_and_resumes(small_run, tmp_path):
 
 def test_distilling_further_from_a_world_folder(small_run, tmp_path):
     """teacher= and init= take a world folder; bundle run=<world> swaps in the new student."""
-    from worldsim.bundle import BundleConfig, bundle, load_world
+    from worldsim.sim.world_file import load_world
+    from worldsim.training.bundle import BundleConfig, bundle
 
     student = tmp_path / "student"
     args = [f"teacher={small_run}", f"out={student}", "batch_size=4", "steps=2"]

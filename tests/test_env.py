@@ -7,10 +7,10 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import worldsim  # noqa: F401  (registers worldsim/World-v0)
-from worldsim.checkpoint import CheckpointError
-from worldsim.env import WorldModelEnv
+from worldsim.files import CheckpointError
 from worldsim.models.samplers import SamplerConfig
-from worldsim.vector_env import WorldModelVectorEnv
+from worldsim.sim.env import WorldModelEnv
+from worldsim.sim.vector_env import WorldModelVectorEnv
 
 
 def test_gymnasium_check_env(tiny_world):
@@ -152,7 +152,7 @@ def test_bf16_precision_is_deterministic_and_close_to_fp32(tiny_world):
     assert x16.dtype == x32.dtype == torch.float32 and not torch.equal(x16, x32)
     # its bfloat16 weight copy draws exactly what autocast makes of the fp32 network, which
     # the bundle keeps
-    from worldsim.world import next_frame
+    from worldsim.sim.world import next_frame
 
     with torch.autocast("cpu", torch.bfloat16):
         auto = next_frame(
@@ -240,7 +240,7 @@ def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecEnv
 
-    from worldsim.sb3 import WorldVecEnv
+    from worldsim.sim.sb3 import WorldVecEnv
 
     venv = WorldVecEnv(num_envs=4, world=str(tiny_world), max_episode_steps=6)
     assert isinstance(venv, VecEnv)

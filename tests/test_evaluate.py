@@ -7,7 +7,7 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.config import load_config
-from worldsim.evaluate import EvalConfig, evaluate
+from worldsim.evaluation.evaluate import EvalConfig, evaluate
 
 
 def test_eval_writes_report_plot_and_video(tiny_world, tmp_path, capsys):
@@ -30,9 +30,9 @@ def test_eval_writes_report_plot_and_video(tiny_world, tmp_path, capsys):
     assert 0 <= report["reward_end"]["reward_accuracy"] <= 1
     # the values, not only their shape: the copy-last baseline's PSNR recomputed here from
     # the same held-out starts, and every sampler's scores in their ranges
-    from worldsim.bundle import load_world
     from worldsim.data.segments import SegmentSampler
     from worldsim.data.store import Dataset
+    from worldsim.sim.world_file import load_world
 
     bundle = load_world(str(tiny_world), "cpu")
     K = bundle.context

@@ -32,7 +32,7 @@ def test_the_miss_policy_loses_balls_the_autopilot_keeps(tmp_path):
 
 
 def test_eval_on_fresh_play_of_another_policy(tiny_world, tmp_path):
-    from worldsim.evaluate import EvalConfig, evaluate
+    from worldsim.evaluation.evaluate import EvalConfig, evaluate
 
     out = tmp_path / "eval"
     report = evaluate(load_config("eval", EvalConfig, [

@@ -9,17 +9,18 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 
-from worldsim import checkpoint as ckpt
-from worldsim.bundle import BundleConfig, bundle, knows_lives, load_world
+from worldsim import files
 from worldsim.config import load_config
 from worldsim.data.collect import play_episode
 from worldsim.data.store import DataError, Dataset, Episode, load_episode, save_episode
-from worldsim.env import WorldModelEnv
 from worldsim.games import EnvConfig, make_env
 from worldsim.policies import Policy, PolicyConfig
 from worldsim.rl import EndOnLifeLoss
-from worldsim.train import TrainConfig, Trainer
-from worldsim.vector_env import WorldModelVectorEnv
+from worldsim.sim.env import WorldModelEnv
+from worldsim.sim.vector_env import WorldModelVectorEnv
+from worldsim.sim.world_file import knows_lives, load_world
+from worldsim.training.bundle import BundleConfig, bundle
+from worldsim.training.train import TrainConfig, Trainer
 
 
 def test_collection_records_each_lost_life(bricks_data):
@@ -63,7 +64,7 @@ def reward_run(bricks32, tiny_world, tmp_path_factory):
 
 
 def test_reward_only_training_keeps_the_denoiser_and_lowers_the_reward_loss(reward_run, tiny_world):
-    teacher = ckpt.load_tensors(tiny_world / "teacher.safetensors")
+    teacher = files.load_tensors(tiny_world / "teacher.safetensors")
     for name, w in reward_run.model.denoiser.state_dict().items():
         assert torch.equal(w, teacher[f"denoiser.{name}"].float()), name
     for name, w in reward_run.ema.denoiser.state_dict().items():
@@ -90,7 +91,7 @@ def test_a_world_refitted_with_lives_keeps_its_student_and_knows_lives(
 def test_init_from_a_world_of_another_denoiser_is_refused(bricks32, tmp_path):
     cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path / 'r'}",
                                              "init=bricks", "reward_only=true", *TINY_TRAIN])  # fmt: skip
-    with pytest.raises(ckpt.CheckpointError, match="denoiser config differs"):
+    with pytest.raises(files.CheckpointError, match="denoiser config differs"):
         Trainer(cfg)
     assert not (tmp_path / "r").exists()
 
@@ -103,12 +104,12 @@ def lossy_world(tiny_world, tmp_path_factory):
     meta = json.loads((out / "world.json").read_text())
     assert meta["model"]["reward"]["life_head"]
     meta["lives"] = True
-    w = ckpt.load_tensors(out / "teacher.safetensors")
+    w = files.load_tensors(out / "teacher.safetensors")
     n = len(meta["reward_values"])
     w["reward.head.2.weight"][n:] = 0
     w["reward.head.2.bias"][n], w["reward.head.2.bias"][n + 1] = -100, 100
     # the world's checksum follows the edit (load_world refuses weights that differ from it)
-    meta["checksums"]["teacher.safetensors"] = ckpt.save_tensors(out / "teacher.safetensors", w)
+    meta["checksums"]["teacher.safetensors"] = files.save_tensors(out / "teacher.safetensors", w)
     (out / "world.json").write_text(json.dumps(meta))
     return out
 

@@ -195,7 +195,7 @@ def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
     noised context included."""
     from worldsim.models.denoiser import Denoiser, DenoiserConfig
     from worldsim.models.unet import pack, unpack
-    from worldsim.world import next_frame
+    from worldsim.sim.world import next_frame
 
     torch.manual_seed(0)
     unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)

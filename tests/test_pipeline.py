@@ -53,7 +53,7 @@ def test_preset_values_are_checked_before_any_stage_runs(tmp_path):
             load_config("pipeline", PipelineConfig, [f"root={tmp_path}", bad])
     # with no time budget (minutes=0) a run is complete only when it reached its steps
     run = tmp_path / "run"
-    from worldsim import checkpoint as ckpt
+    from worldsim.training import checkpoint as ckpt
 
     ckpt.write_checkpoint(run, 3, {}, {"config": {}})
     (run / "log.jsonl").write_text('{"step": 3, "time": 1.2, "loss": 0.5}\n')

@@ -7,10 +7,12 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 
-from worldsim import checkpoint as ckpt
+from worldsim import files
 from worldsim.cli import main
 from worldsim.config import load_config
-from worldsim.train import TrainConfig, Trainer, train
+from worldsim.sim import world_file
+from worldsim.training import checkpoint as ckpt
+from worldsim.training.train import TrainConfig, Trainer, train
 
 
 def config(data, out, *overrides):
@@ -21,7 +23,7 @@ def config(data, out, *overrides):
 
 def _finite(path):
     return all(
-        t.isfinite().all() for t in ckpt.load_tensors(path).values() if t.is_floating_point()
+        t.isfinite().all() for t in files.load_tensors(path).values() if t.is_floating_point()
     )
 
 
@@ -40,9 +42,9 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_finite_checkpoints(bricks32
 
 def test_non_finite_weights_are_never_saved(tmp_path):
     ckpt.write_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(2)}}, {})
-    with pytest.raises(ckpt.CheckpointError, match="refusing to save model with non-finite"):
+    with pytest.raises(files.CheckpointError, match="refusing to save model with non-finite"):
         ckpt.write_checkpoint(tmp_path, 2, {"model": {"w": torch.tensor([1.0, float("nan")])}}, {})
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_0000001"  # the good one stays
+    assert world_file.latest_checkpoint(tmp_path).name == "step_0000001"  # the good one stays
 
 
 def _damage(path, n=1000):
@@ -54,11 +56,11 @@ def _damage(path, n=1000):
 def test_a_damaged_checkpoint_is_named_and_resume_falls_back(bricks32, tmp_path, capsys):
     run = tmp_path / "run"
     train(config(bricks32, run, "steps=4", "ckpt_every=2", "batch_size=4"))
-    latest = ckpt.latest_checkpoint(run)
+    latest = world_file.latest_checkpoint(run)
     assert latest.name == "step_0000004"
     _damage(latest / "ema.safetensors")
-    with pytest.raises(ckpt.CheckpointError, match=r"step_0000004/ema.safetensors: damaged"):
-        ckpt.load_tensors(latest / "ema.safetensors")
+    with pytest.raises(files.CheckpointError, match=r"step_0000004/ema.safetensors: damaged"):
+        files.load_tensors(latest / "ema.safetensors")
     resumed = Trainer(
         config(bricks32, run, "steps=6", "ckpt_every=2", "batch_size=4", "resume=true")
     )
@@ -75,23 +77,23 @@ def test_a_pointer_or_state_file_that_cannot_be_trusted_is_refused(small_run, tm
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     (run / "latest").write_text("../../elsewhere/checkpoints/step_0000002")
-    with pytest.raises(ckpt.CheckpointError, match="latest: expected the name of one of"):
-        ckpt.latest_checkpoint(run)
+    with pytest.raises(files.CheckpointError, match="latest: expected the name of one of"):
+        world_file.latest_checkpoint(run)
     (run / "latest").write_text("step_0000002")
-    state = ckpt.latest_checkpoint(run) / "state.json"
+    state = world_file.latest_checkpoint(run) / "state.json"
     meta = json.loads(state.read_text())
     del meta["step"]
     state.write_text(json.dumps(meta))
     trainer = Trainer(load_config("train", TrainConfig, [f"data={meta['config']['data']}",
                                                          f"out={tmp_path / 'other'}", "model=tiny"]))  # fmt: skip
-    with pytest.raises(ckpt.CheckpointError, match="state.json: 'step' is missing"):
-        trainer.load(ckpt.latest_checkpoint(run))
+    with pytest.raises(files.CheckpointError, match="state.json: 'step' is missing"):
+        trainer.load(world_file.latest_checkpoint(run))
     state.write_text("[1, 2]")
-    with pytest.raises(ckpt.CheckpointError, match="expected a JSON object, got a list"):
-        ckpt.load_json(state)
+    with pytest.raises(files.CheckpointError, match="expected a JSON object, got a list"):
+        files.load_json(state)
     state.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(ckpt.CheckpointError, match="nested too deeply"):
-        ckpt.load_json(state)
+    with pytest.raises(files.CheckpointError, match="nested too deeply"):
+        files.load_json(state)
 
 
 # --- world files --------------------------------------------------------------------------
@@ -133,8 +135,8 @@ def test_fuzzed_world_files_load_or_fail_in_one_clear_line(tiny_world, tmp_path)
     import resource
     import shutil
 
-    from worldsim.bundle import load_world
-    from worldsim.world import World
+    from worldsim.sim.world import World
+    from worldsim.sim.world_file import load_world
 
     base = json.loads((tiny_world / "world.json").read_text())
     base.pop("student", None)  # the fuzz runs on a teacher-only copy (no student file)
@@ -146,7 +148,7 @@ def test_fuzzed_world_files_load_or_fail_in_one_clear_line(tiny_world, tmp_path)
         (world / "world.json").write_text(text)
         try:
             bundle = load_world(world)
-        except ckpt.CheckpointError as e:
+        except files.CheckpointError as e:
             msg = str(e)
             assert "\n" not in msg and str(world) in msg, (name, msg)
             assert e.__cause__ is None and (e.__context__ is None or e.__suppress_context__), name
@@ -165,7 +167,7 @@ def test_fuzzed_world_files_load_or_fail_in_one_clear_line(tiny_world, tmp_path)
 def test_a_bad_starts_file_is_refused(tiny_world, tmp_path):
     import shutil
 
-    from worldsim.bundle import load_world
+    from worldsim.sim.world_file import load_world
 
     cases = {
         "zero starts": {"frames": torch.zeros(0, 32, 32, 3, dtype=torch.uint8), "actions": torch.zeros(0, 2, dtype=torch.long)},
@@ -177,11 +179,11 @@ def test_a_bad_starts_file_is_refused(tiny_world, tmp_path):
         world = tmp_path / f"w{i}"
         shutil.copytree(tiny_world, world)
         meta = json.loads((world / "world.json").read_text())
-        meta["checksums"]["starts.safetensors"] = ckpt.save_tensors(
+        meta["checksums"]["starts.safetensors"] = files.save_tensors(
             world / "starts.safetensors", tensors
         )
         (world / "world.json").write_text(json.dumps(meta))
-        with pytest.raises(ckpt.CheckpointError, match="starts.safetensors"):
+        with pytest.raises(files.CheckpointError, match="starts.safetensors"):
             load_world(world)
 
 
@@ -354,7 +356,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(bricks32, tmp_path, monk
     err = capsys.readouterr().err
     assert code == 2 and "no space left on device" in err and "Traceback" not in err
     monkeypatch.undo()
-    assert ckpt.latest_checkpoint(run).name == "step_0000002"
+    assert world_file.latest_checkpoint(run).name == "step_0000002"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -364,8 +366,8 @@ def test_a_full_disk_while_encoding_a_video_is_one_line(tmp_path, monkeypatch):
     import imageio.v2 as imageio
     import numpy as np
 
-    from worldsim.data.store import DiskFull
-    from worldsim.video import write_mp4
+    from worldsim.data.video import write_mp4
+    from worldsim.files import DiskFull
 
     class Writer:  # ffmpeg's pipe breaks when its disk fills up
         def __enter__(self):
@@ -407,8 +409,8 @@ def test_no_held_out_episodes_says_why_instead_of_nan(tmp_path, capsys):
 
 
 def test_a_shipped_worlds_report_is_not_written_into_the_package(tmp_path):
-    from worldsim.bundle import resolve
-    from worldsim.evaluate import default_out
+    from worldsim.evaluation.evaluate import default_out
+    from worldsim.sim.world_file import resolve
 
     assert default_out(resolve("bricks")).as_posix() == "eval/bricks"
     assert default_out(tmp_path / "w") == tmp_path / "w" / "eval"
@@ -435,7 +437,7 @@ def test_a_full_disk_while_playing_says_so_and_play_goes_on(
 def test_atari_key_maps_of_characters_load(tiny_world, tmp_path):
     import shutil
 
-    from worldsim.bundle import load_world
+    from worldsim.sim.world_file import load_world
 
     world = tmp_path / "w"
     shutil.copytree(tiny_world, world)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from worldsim.data.collect import play_episode
+from worldsim.evaluation.rules import read_bricks, rule_scores
 from worldsim.policies import Policy, PolicyConfig
-from worldsim.rules import read_bricks, rule_scores
 
 
 @pytest.mark.parametrize("policy", ["scripted", "miss", "sticky", "random"])
@@ -42,7 +42,7 @@ def test_broken_rules_are_caught():
 
 def test_eval_checks_the_shipped_bricks_world_on_fresh_play(tmp_path):
     from worldsim.config import load_config
-    from worldsim.evaluate import EvalConfig, evaluate, summary
+    from worldsim.evaluation.evaluate import EvalConfig, evaluate, summary
 
     report = evaluate(load_config("eval", EvalConfig, [
         "world=bricks", f"out={tmp_path}", "policy=sticky", "play_steps=300", "starts=2",

@@ -6,7 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import worldsim  # noqa: F401  (registers worldsim/World-v0)
-from worldsim.bundle import WORLDS_DIR, load_world
+from worldsim.sim.world_file import WORLDS_DIR, load_world
 
 SHIPPED = ["bricks", "maze"]
 

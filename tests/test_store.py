@@ -108,7 +108,7 @@ def test_sigkill_mid_collection_leaves_a_readable_dataset(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "worldsim.cli",
+        "worldsim",
         "collect",
         f"out={out}",
         "steps=2000000",

@@ -14,13 +14,14 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 
-from worldsim import checkpoint as ckpt
+from worldsim import files
 from worldsim.config import load_config
 from worldsim.data.segments import SegmentSampler
+from worldsim.evaluation.rollout import copy_last, rollout, score
 from worldsim.models.samplers import SamplerConfig
-from worldsim.rollout import copy_last, rollout, score
-from worldsim.train import TrainConfig, Trainer, train
-from worldsim.world import next_frame
+from worldsim.sim import world_file
+from worldsim.sim.world import next_frame
+from worldsim.training.train import TrainConfig, Trainer, train
 
 
 def config(data, out, *overrides):
@@ -55,12 +56,12 @@ def test_tiny_world_learns_motion_and_beats_copying_the_last_frame(bricks32, tmp
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_tensors(ckpt.latest_checkpoint(run) / "model.safetensors")
+    return files.load_tensors(world_file.latest_checkpoint(run) / "model.safetensors")
 
 
 def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "worldsim.cli", "train", f"data={bricks32.root}", f"out={run}",
+    cmd = [sys.executable, "-m", "worldsim", "train", f"data={bricks32.root}", f"out={run}",
            *TINY_TRAIN, "steps=100000", "ckpt_every=3", "batch_size=8"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -68,7 +69,7 @@ def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    step = ckpt.load_json(ckpt.latest_checkpoint(run) / "state.json")["step"]
+    step = files.load_json(world_file.latest_checkpoint(run) / "state.json")["step"]
     assert step >= 6
     with pytest.raises(ValueError, match="resume=true"):  # a second run never overwrites
         Trainer(config(bricks32, run, "steps=100", "batch_size=8"))
@@ -88,45 +89,47 @@ def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
 def test_ddp_with_two_cpu_processes_writes_one_checkpoint(bricks32, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "worldsim.train", f"data={bricks32.root}", f"out={run}", *TINY_TRAIN, "steps=4",
+           "-m", "worldsim", "train", f"data={bricks32.root}", f"out={run}", *TINY_TRAIN, "steps=4",
            "ckpt_every=4", "batch_size=4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000004"]
-    assert ckpt.load_json(run / "checkpoints" / "step_0000004" / "state.json")["step"] == 4
+    assert files.load_json(run / "checkpoints" / "step_0000004" / "state.json")["step"] == 4
 
 
 def test_pickled_checkpoint_is_refused(small_run, tmp_path):
     path = tmp_path / "model.safetensors"
     torch.save({"w": torch.zeros(3)}, path)  # a pickle wearing the right name
-    with pytest.raises(ckpt.CheckpointError, match="not a readable safetensors file.*no pickles"):
-        ckpt.load_tensors(path)
+    with pytest.raises(files.CheckpointError, match="not a readable safetensors file.*no pickles"):
+        files.load_tensors(path)
 
 
 def test_truncated_checkpoint_is_refused(small_run, tmp_path):
-    data = (ckpt.latest_checkpoint(small_run) / "model.safetensors").read_bytes()
+    data = (world_file.latest_checkpoint(small_run) / "model.safetensors").read_bytes()
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(
-        ckpt.CheckpointError, match="cut.safetensors: not a readable safetensors file"
+        files.CheckpointError, match="cut.safetensors: not a readable safetensors file"
     ):
-        ckpt.load_tensors(path)
+        files.load_tensors(path)
 
 
 def test_checkpoint_of_another_shape_is_refused(small_run, bricks32):
     trainer = Trainer(
         config(bricks32, small_run.parent / "other", "model.denoiser.unet.channels=[8,16]")
     )
-    with pytest.raises(ckpt.CheckpointError, match="model config differs"):
-        trainer.load(ckpt.latest_checkpoint(small_run))
-    tensors = ckpt.load_tensors(ckpt.latest_checkpoint(small_run) / "ema.safetensors")
-    with pytest.raises(ckpt.CheckpointError, match="has shape .* needs"):
-        ckpt.load_weights(trainer.model, tensors, small_run)
+    with pytest.raises(files.CheckpointError, match="model config differs"):
+        trainer.load(world_file.latest_checkpoint(small_run))
+    tensors = files.load_tensors(world_file.latest_checkpoint(small_run) / "ema.safetensors")
+    with pytest.raises(files.CheckpointError, match="has shape .* needs"):
+        files.load_weights(trainer.model, tensors, small_run)
 
 
 def test_saving_a_step_again_keeps_a_checkpoint_through_a_crash(tmp_path):
-    from worldsim.checkpoint import latest_checkpoint, load_tensors, write_checkpoint
+    from worldsim.files import load_tensors
+    from worldsim.sim.world_file import latest_checkpoint
+    from worldsim.training.checkpoint import write_checkpoint
 
     for value in (1.0, 2.0):  # the same step saved twice: the second one wins
         write_checkpoint(tmp_path, 5, {"w": {"x": torch.full((2,), value)}}, {})
@@ -139,7 +142,7 @@ def test_saving_a_step_again_keeps_a_checkpoint_through_a_crash(tmp_path):
 
 
 def test_optimizer_settings_are_checked_and_no_warmup_works(bricks32, tmp_path):
-    from worldsim.train import OptimConfig
+    from worldsim.training.train import OptimConfig
 
     for bad in (["optim.warmup=-10"], ["optim.lr=0"], ["minutes=-5"]):
         with pytest.raises(ValueError, match="must be"):

@@ -4,7 +4,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from worldsim.video import upscale, write_mp4
+from worldsim.data.video import upscale, write_mp4
 
 
 @pytest.mark.parametrize("threads", [None, 1])

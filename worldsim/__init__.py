@@ -9,6 +9,6 @@ import gymnasium as _gym  # noqa: E402
 if "worldsim/World-v0" not in _gym.registry:
     _gym.register(
         "worldsim/World-v0",
-        entry_point="worldsim.env:WorldModelEnv",
-        vector_entry_point="worldsim.vector_env:WorldModelVectorEnv",
+        entry_point="worldsim.sim.env:WorldModelEnv",
+        vector_entry_point="worldsim.sim.vector_env:WorldModelVectorEnv",
     )

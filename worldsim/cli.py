@@ -13,8 +13,8 @@ import sys
 import threading
 from collections.abc import Callable
 
-from worldsim.checkpoint import CheckpointError
 from worldsim.config import ConfigError, describe, load_config
+from worldsim.files import CheckpointError
 from worldsim.runtime import reexec_with_fast_allocator
 
 
@@ -26,26 +26,26 @@ def _collect(overrides: list[str]) -> None:
 
 
 def _train(overrides: list[str]) -> None:
-    from worldsim.train import TrainConfig, train
+    from worldsim.training.train import TrainConfig, train
 
     run = train(load_config("train", TrainConfig, overrides))
     print(f"run saved in {run}")
 
 
 def _bundle(overrides: list[str]) -> None:
-    from worldsim.bundle import BundleConfig, bundle
+    from worldsim.training.bundle import BundleConfig, bundle
 
     print(f"world written to {bundle(load_config('bundle', BundleConfig, overrides))}")
 
 
 def _distill(overrides: list[str]) -> None:
-    from worldsim.distill import DistillConfig, distill
+    from worldsim.training.distill import DistillConfig, distill
 
     print(f"student saved in {distill(load_config('distill', DistillConfig, overrides))}")
 
 
 def _eval(overrides: list[str]) -> None:
-    from worldsim.evaluate import EvalConfig, evaluate, summary
+    from worldsim.evaluation.evaluate import EvalConfig, evaluate, summary
 
     print(summary(evaluate(load_config("eval", EvalConfig, overrides))))
 
@@ -107,11 +107,11 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "collect": ("record play of a game into an episode dataset",
                     cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
         "train": ("train a world model (denoiser + reward/end model) on a dataset",
-                  cfg_of("worldsim.train", "TrainConfig"), _train),
+                  cfg_of("worldsim.training.train", "TrainConfig"), _train),
         "distill": ("train the one-step consistency student of a trained world model",
-                    cfg_of("worldsim.distill", "DistillConfig"), _distill),
+                    cfg_of("worldsim.training.distill", "DistillConfig"), _distill),
         "eval": ("score a world against held-out real episodes (report, plot, video)",
-                 cfg_of("worldsim.evaluate", "EvalConfig"), _eval),
+                 cfg_of("worldsim.evaluation.evaluate", "EvalConfig"), _eval),
         "play": ("play a world live with the keyboard (or headless), recording if asked",
                  cfg_of("worldsim.play.app", "PlayConfig"), _play),
         "record": ("record episodes of a world or a real game (mp4 + episode dataset)",
@@ -119,7 +119,7 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "rl": ("train a PPO agent inside a world, then score it in the real game",
                cfg_of("worldsim.rl", "RLConfig"), _rl),
         "bundle": ("make a self-contained world folder from a training run",
-                   cfg_of("worldsim.bundle", "BundleConfig"), _bundle),
+                   cfg_of("worldsim.training.bundle", "BundleConfig"), _bundle),
     }  # fmt: skip
 
 
@@ -157,7 +157,7 @@ def _data(argv: list[str]) -> None:
     if args.action == "info":
         print(ds.summary())
         return
-    from worldsim.video import write_mp4
+    from worldsim.data.video import write_mp4
 
     entries = ds.entries()
     if not entries:
@@ -278,7 +278,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"worldsim {name}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

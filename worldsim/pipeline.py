@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from worldsim import checkpoint as ckpt
+from worldsim import files
 from worldsim.data.store import DataError, Dataset
 from worldsim.games import EnvConfig
 from worldsim.models.reward import RewardConfig
 from worldsim.models.world_model import ModelConfig
 from worldsim.policies import PolicyConfig
+from worldsim.sim import world_file
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ class PipelineConfig:
 def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     """A run is complete when it reached its steps or spent its time budget."""
     try:
-        state = ckpt.load_json(ckpt.latest_checkpoint(run) / "state.json")
-    except ckpt.CheckpointError:
+        state = files.load_json(world_file.latest_checkpoint(run) / "state.json")
+    except files.CheckpointError:
         return False
     log = run / "log.jsonl"
     spent = minutes > 0 and log.exists() and any('"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
@@ -123,12 +124,12 @@ def _check_game(root: Path, env: EnvConfig) -> None:
     for stage in ("teacher", "student"):
         if (root / stage / "latest").is_file():
             try:
-                state = ckpt.load_json(ckpt.latest_checkpoint(root / stage) / "state.json")
-            except ckpt.CheckpointError:
+                state = files.load_json(world_file.latest_checkpoint(root / stage) / "state.json")
+            except files.CheckpointError:
                 continue
             found.append((stage, state.get("env_id")))
     if (root / "world" / "world.json").is_file():
-        found.append(("world", ckpt.load_json(root / "world" / "world.json").get("env_id")))
+        found.append(("world", files.load_json(root / "world" / "world.json").get("env_id")))
     for stage, game in found:
         if game != want:
             raise ValueError(
@@ -138,11 +139,11 @@ def _check_game(root: Path, env: EnvConfig) -> None:
 
 
 def pipeline(cfg: PipelineConfig) -> Path:
-    from worldsim.bundle import BundleConfig, bundle
     from worldsim.data.collect import CollectConfig, collect
-    from worldsim.distill import DistillConfig, distill
-    from worldsim.evaluate import EvalConfig, evaluate, summary
-    from worldsim.train import TrainConfig, train
+    from worldsim.evaluation.evaluate import EvalConfig, evaluate, summary
+    from worldsim.training.bundle import BundleConfig, bundle
+    from worldsim.training.distill import DistillConfig, distill
+    from worldsim.training.train import TrainConfig, train
 
     p, root = cfg.preset, Path(cfg.root) if cfg.root else default_root(cfg.env, cfg.name)
     _check_game(root, cfg.env)

@@ -16,7 +16,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from worldsim.data.store import atomic_write_json
+from worldsim.files import atomic_write_json
 from worldsim.runtime import check_precision
 
 
@@ -203,10 +203,10 @@ def train_rl(cfg: RLConfig) -> dict:
         raise ImportError(
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
-    from worldsim.bundle import knows_lives
-    from worldsim.env import LIVES_HINT
-    from worldsim.sb3 import WorldVecEnv
-    from worldsim.video import write_mp4
+    from worldsim.data.video import write_mp4
+    from worldsim.sim.env import LIVES_HINT
+    from worldsim.sim.sb3 import WorldVecEnv
+    from worldsim.sim.world_file import knows_lives
 
     life = cfg.life_loss != "off" and knows_lives(cfg.world)
     if cfg.life_loss == "on" and not life:

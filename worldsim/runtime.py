@@ -35,7 +35,7 @@ def reexec_with_fast_allocator() -> None:
     if lib is None or os.environ.get("WORLDSIM_NO_PRELOAD") or "malloc" in preload:
         return
     env = {**os.environ, "LD_PRELOAD": f"{lib}:{preload}".rstrip(":")}
-    os.execve(sys.executable, [sys.executable, "-m", "worldsim.cli", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", "worldsim", *sys.argv[1:]], env)
 
 
 _KEPT = False

@@ -8,10 +8,7 @@ two writes) is picked up again when the folder is opened.
 
 from __future__ import annotations
 
-import errno
-import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -19,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from worldsim.files import (
+    FORMAT_VERSION,
+    atomic_write,
+    atomic_write_json,
+    load_json,
+)
+
 FIELDS = ("frames", "actions", "rewards", "terminated", "truncated")
 OPTIONAL = ("life_lost",)  # fields that files recorded before them lack: read as all False
 
@@ -65,51 +68,6 @@ class Episode:
                 raise DataError(
                     f"{where}: {name} has {len(getattr(self, name))} entries, expected {T}"
                 )
-
-
-class DiskFull(OSError):
-    """A write that ran out of space: one line naming the file."""
-
-    def __init__(self, path):
-        super().__init__(errno.ENOSPC, "no space left on device", str(path))
-
-    def __str__(self) -> str:
-        return f"{self.filename}: no space left on device"
-
-
-def disk_full(e: BaseException) -> bool:
-    """Whether `e` is the operating system saying the disk is full."""
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file_object)` on a temporary file beside `path`, then rename it into place;
-    a full disk is a `DiskFull` naming `path`, and leaves nothing behind."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        if disk_full(e):
-            raise DiskFull(path) from None
-        raise
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; datasets are meant to be shared
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if disk_full(e):
-            raise DiskFull(path) from None
-        raise
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    """`data` as indented JSON at `path`, written with `atomic_write`."""
-    text = json.dumps(data, indent=1).encode()
-    atomic_write(path, lambda f: f.write(text))
 
 
 def save_episode(path: Path, ep: Episode) -> None:
@@ -166,13 +124,7 @@ class Dataset:
         manifest = root / "manifest.json"
         if not manifest.is_file():
             raise DataError(f"{root}: not a worldsim dataset (no manifest.json)")
-        try:
-            meta = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{manifest}: not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT_VERSION:
-            raise DataError(f"{manifest}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        ds = cls(root, meta)
+        ds = cls(root, load_json(manifest, DataError))
         ds._adopt_orphans()
         return ds
 

@@ -136,9 +136,9 @@ class PlaySession:
     def __init__(self, cfg: PlayConfig):
         if cfg.headless:
             os.environ["SDL_VIDEODRIVER"] = os.environ["SDL_AUDIODRIVER"] = "dummy"
-        from worldsim.env import WorldModelEnv
-        from worldsim.play.display import Window
         from worldsim.play.recorder import Recorder
+        from worldsim.sim.env import WorldModelEnv
+        from worldsim.sim.window import Window
 
         self.cfg = cfg
         self.env = WorldModelEnv(cfg.world, sampler=cfg.sampler or None, steps=cfg.steps or None,
@@ -382,12 +382,3 @@ def play(cfg: PlayConfig) -> dict:
     import pygame
 
     return session.run(pygame.event.get)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python play.py [key=value ...]`."""
-    import sys
-
-    from worldsim.cli import main as cli_main
-
-    return cli_main(["play", *(sys.argv[1:] if argv is None else argv)])

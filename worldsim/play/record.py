@@ -49,7 +49,7 @@ def _make(cfg: RecordConfig):
 
         env = make_env(EnvConfig(name="game", id=cfg.game))
         return env, cfg.game, action_meanings(env), "game"
-    from worldsim.env import WorldModelEnv
+    from worldsim.sim.env import WorldModelEnv
 
     env = WorldModelEnv(cfg.world, sampler=cfg.sampler or None, max_episode_steps=cfg.max_steps)
     return env, env.bundle.meta["env_id"], env.get_action_meanings(), "dream"

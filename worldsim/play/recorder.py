@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from worldsim.data.store import Dataset, Episode
-from worldsim.video import write_mp4
+from worldsim.data.video import write_mp4
 
 
 class Recorder:

@@ -19,17 +19,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldsim.bundle import WorldBundle, load_world
-from worldsim.calibration import end_scores
 from worldsim.data.segments import Segment, SegmentSampler
-from worldsim.data.store import Dataset, atomic_write_json
-from worldsim.inverse_dynamics import action_recovery, train_idm
-from worldsim.metrics import moving_mask, psnr, sharpness, ssim
+from worldsim.data.store import Dataset
+from worldsim.evaluation.inverse_dynamics import action_recovery, train_idm
+from worldsim.evaluation.metrics import moving_mask, psnr, sharpness, ssim
+from worldsim.evaluation.rollout import copy_last, rollout
+from worldsim.files import atomic_write_json
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
-from worldsim.rollout import copy_last, rollout
 from worldsim.runtime import check_precision, resolve_device
-from worldsim.world import World
+from worldsim.sim.world import World
+from worldsim.sim.world_file import WorldBundle, load_world
+from worldsim.training.calibration import end_scores
 
 DEFAULT_SAMPLERS = (SamplerConfig("onestep", 1), SamplerConfig("multistep", 2), SamplerConfig("euler", 1),
                     SamplerConfig("euler", 3), SamplerConfig("euler", 10))  # fmt: skip
@@ -74,7 +75,7 @@ class EvalConfig:
     own figures; 0 = skip."""
     idm_steps: int = 600
     """Training steps of the inverse-dynamics model that checks, for any game, whether the
-    world's frames show the action it was given (`worldsim.inverse_dynamics`); 0 = skip."""
+    world's frames show the action it was given (`worldsim.evaluation.inverse_dynamics`); 0 = skip."""
 
     def __post_init__(self):
         check_precision(self.precision)
@@ -275,7 +276,7 @@ def _long_play(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers, ds:
     """Free play for `rules_steps` steps (8 dreams, sticky-random keys): for any game, how
     far its frames drift from the nearest real frame of held-out play (`realism`, with real
     play's own distance beside it); for games with a checker, the rules kept (`rules`)."""
-    from worldsim import rules
+    from worldsim.evaluation import rules
 
     if not cfg.rules_steps:
         return
@@ -315,8 +316,8 @@ def _buckets(curves: list[np.ndarray]) -> list[float | None]:
 
 
 def _real_play(bundle: WorldBundle, actions: np.ndarray, seed: int) -> list[np.ndarray]:
-    from worldsim import rules
     from worldsim.config import from_dict
+    from worldsim.evaluation import rules
     from worldsim.games import EnvConfig, make_env
 
     try:
@@ -371,7 +372,7 @@ def _idm_data(ds: Dataset, bundle: WorldBundle, K: int) -> SegmentSampler:
 
 def default_out(world: Path) -> Path:
     """<world>/eval, or eval/<name> here for a shipped world (its folder is the package's)."""
-    from worldsim.bundle import WORLDS_DIR
+    from worldsim.sim.world_file import WORLDS_DIR
 
     if world.resolve().parent == WORLDS_DIR.resolve():
         return Path("eval") / world.name
@@ -431,7 +432,7 @@ def _plot(report: dict, path: Path) -> None:
 
 def _video(real: torch.Tensor, videos: dict[str, torch.Tensor], path: Path, rows: int = 4) -> None:
     """real | teacher | student, one row per start (teacher: Euler 3 if scored)."""
-    from worldsim.video import write_mp4
+    from worldsim.data.video import write_mp4
 
     teachers = [k for k in videos if k.startswith("teacher")]
     teacher = (

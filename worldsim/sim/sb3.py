@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - the hint is the point
         "the SB3 bridge needs stable-baselines3: pip install 'worldsim[rl]'"
     ) from None
 
-from worldsim.vector_env import WorldModelVectorEnv
+from worldsim.sim.vector_env import WorldModelVectorEnv
 
 
 def _same(a: dict | None, b: dict | None) -> bool:

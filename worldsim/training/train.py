@@ -1,7 +1,7 @@
 """`worldsim train`: fit the world model (denoiser + reward/end model) to recorded play.
 
 Also runs under torchrun for several processes or machines:
-`torchrun --nproc_per_node=N -m worldsim.train data=... out=...` (gloo on CPU, nccl on GPU).
+`torchrun --nproc_per_node=N -m worldsim train data=... out=...` (gloo on CPU, nccl on GPU).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from worldsim import checkpoint as ckpt
+from worldsim import files
 from worldsim.data.segments import SegmentSampler
-from worldsim.data.store import Dataset, atomic_write
+from worldsim.data.store import Dataset
+from worldsim.files import atomic_write
 from worldsim.games import EnvConfig
 from worldsim.models.reward import balanced_weight
 from worldsim.models.world_model import ModelConfig, WorldModel
@@ -34,6 +35,8 @@ from worldsim.runtime import (
     resolve_device,
     warn_if_bf16_emulated,
 )
+from worldsim.sim import world_file
+from worldsim.training import checkpoint as ckpt
 
 MAX_BATCH = 8192
 """Largest training batch (segments per step per process): a bound before memory is taken."""
@@ -217,14 +220,14 @@ class Trainer:
     def _resume(self) -> None:
         """Load the latest checkpoint; if it is damaged, the newest older one that is not."""
         try:
-            self.load(ckpt.latest_checkpoint(self.run))
+            self.load(world_file.latest_checkpoint(self.run))
             return
-        except ckpt.CheckpointError as e:
+        except files.CheckpointError as e:
             first = e
-        for path in ckpt.checkpoints_newest_first(self.run):
+        for path in world_file.checkpoints_newest_first(self.run):
             try:
                 self.load(path)
-            except ckpt.CheckpointError:
+            except files.CheckpointError:
                 continue
             print(f"resume: the latest checkpoint cannot be used ({first}); resuming from {path.name}",
                   file=sys.stderr)  # fmt: skip
@@ -251,24 +254,24 @@ class Trainer:
         ckpt.write_checkpoint(self.run, self.step, files, state)
 
     def load(self, path: Path) -> None:
-        state = ckpt.load_json(path / "state.json")
+        state = files.load_json(path / "state.json")
         for key, kind in (("step", int), ("param_groups", list)):
             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-                raise ckpt.CheckpointError(
+                raise files.CheckpointError(
                     f"{path}/state.json: '{key}' is missing or not a {kind.__name__}"
                 )
         if state.get("model") != self.meta["model"]:
-            raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
-        ckpt.load_weights(self.model, ckpt.load_tensors(path / "model.safetensors"), path)
-        ckpt.load_weights(self.ema, ckpt.load_tensors(path / "ema.safetensors"), path)
+            raise files.CheckpointError(f"{path}: its model config differs from this run's")
+        files.load_weights(self.model, files.load_tensors(path / "model.safetensors"), path)
+        files.load_weights(self.ema, files.load_tensors(path / "ema.safetensors"), path)
         ckpt.load_optimizer(
-            self.opt, ckpt.load_tensors(path / "optim.safetensors"), state["param_groups"]
+            self.opt, files.load_tensors(path / "optim.safetensors"), state["param_groups"]
         )
-        rng = ckpt.load_tensors(path / "rng.safetensors")
+        rng = files.load_tensors(path / "rng.safetensors")
         torch.set_rng_state(rng["torch_global"])  # (the noise generator is seeded per step)
         for net in (self.model, self.ema):
             if not all(p.isfinite().all() for p in net.parameters()):
-                raise ckpt.CheckpointError(f"{path}: holds non-finite weights")
+                raise files.CheckpointError(f"{path}: holds non-finite weights")
         self.step = state["step"]
         self.elapsed = float(state.get("elapsed", 0.0))
         self.warmup = state.get("warmup")
@@ -428,7 +431,7 @@ class Trainer:
                      denoiser=not self.cfg.reward_only)  # fmt: skip
 
     def write_samples(self, path: Path) -> None:
-        from worldsim.samples import write_sample_grid
+        from worldsim.training.samples import write_sample_grid
 
         write_sample_grid(self.ema.denoiser, self.test_data or self.train_data, path, self.device)
 
@@ -537,27 +540,27 @@ def _plain(cfg) -> dict:
 def _init_from(model: WorldModel, src: Path, reward_values: list[float]) -> None:
     """Load `model`'s denoiser from a world or run folder, and its reward/end model when its
     config and reward values match; a denoiser of another config is refused."""
-    from worldsim.bundle import resolve
     from worldsim.config import from_dict
+    from worldsim.sim.world_file import resolve
 
     if not (src / "latest").is_file():  # not a run: a world folder or a shipped world's name
         src = resolve(src)
     if (src / "world.json").is_file():
-        meta, path = ckpt.load_json(src / "world.json"), src / "teacher.safetensors"
+        meta, path = files.load_json(src / "world.json"), src / "teacher.safetensors"
     else:
-        path = ckpt.latest_checkpoint(src)
-        meta, path = ckpt.load_json(path / "state.json"), path / "ema.safetensors"
+        path = world_file.latest_checkpoint(src)
+        meta, path = files.load_json(path / "state.json"), path / "ema.safetensors"
     other = from_dict(ModelConfig, meta["model"])
     if other.denoiser != model.cfg.denoiser:
-        raise ckpt.CheckpointError(
+        raise files.CheckpointError(
             f"{src}: its denoiser config differs from this run's model config ({other.denoiser})"
         )
-    weights = {k: v.float() for k, v in ckpt.load_tensors(path).items()}
+    weights = {k: v.float() for k, v in files.load_tensors(path).items()}
     part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("denoiser.")}
-    ckpt.load_weights(model.denoiser, part, path)
+    files.load_weights(model.denoiser, part, path)
     if other.reward == model.cfg.reward and meta["reward_values"] == reward_values:
         part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("reward.")}
-        ckpt.load_weights(model.reward, part, path)
+        files.load_weights(model.reward, part, path)
     else:
         print(f"init: denoiser from {src}; the reward/end model starts fresh (its config or "
               f"reward values differ from {src}'s)")  # fmt: skip
@@ -588,14 +591,3 @@ def train(cfg: TrainConfig) -> Path:
         if dist.is_initialized():
             dist.destroy_process_group()
     return trainer.run
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m worldsim.train` / torchrun."""
-    from worldsim.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

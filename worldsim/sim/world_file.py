@@ -13,15 +13,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from worldsim.checkpoint import FORMAT_VERSION, CheckpointError, load_json
+from worldsim import files
 from worldsim.config import ConfigError, from_dict
-from worldsim.models.world_model import ModelConfig
+from worldsim.files import FORMAT_VERSION, CheckpointError, load_json
+from worldsim.models.world_model import ModelConfig, WorldModel
+
+WORLDS_DIR = Path(__file__).parent.parent / "worlds"  # worlds shipped inside the package
 
 MAX_PARAMETERS = 100_000_000
 """Most parameters a world's networks may have (400 MB in fp32): a bound on what a world
@@ -183,3 +187,133 @@ def check_starts(path: Path, frames: torch.Tensor, actions: torch.Tensor, meta: 
 def as_dict(meta: WorldMeta) -> dict:
     """The validated metadata as plain JSON data (what `WorldBundle.meta` holds)."""
     return json.loads(json.dumps(dataclasses.asdict(meta)))
+
+
+@dataclass
+class WorldBundle:
+    """A loaded world: its metadata, networks (fp32, eval mode) and starting contexts."""
+
+    path: Path
+    meta: dict
+    model: WorldModel
+    student: torch.nn.Module | None
+    start_frames: torch.Tensor  # (N, K, H, W, 3) uint8
+    start_actions: torch.Tensor  # (N, K) int64
+    keys_to_action: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Logit thresholds of the end and lost-life predictions (chosen at bundle time on
+        the training data; 0, probability one half, for worlds made before that)."""
+        return {"end": 0.0, "life": 0.0, **self.meta.get("thresholds", {})}
+
+    @property
+    def action_meanings(self) -> list[str]:
+        return list(self.meta["action_meanings"])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return tuple(self.meta["frame_size"])
+
+    @property
+    def context(self) -> int:
+        return self.model.cfg.denoiser.context
+
+    @property
+    def lives(self) -> bool:
+        """Whether the reward/end model predicts lost lives (learned from data with lives)."""
+        return _knows_lives(self.meta)
+
+
+def resolve(world: str | Path) -> Path:
+    """A world folder from a path or the name of a shipped world."""
+    path = Path(world)
+    if (path / "world.json").is_file():
+        return path
+    shipped = sorted(p.name for p in WORLDS_DIR.glob("*") if (p / "world.json").is_file())
+    if str(world) in shipped:
+        return WORLDS_DIR / str(world)
+    if path.exists():
+        raise files.CheckpointError(f"{path}: not a world folder (no world.json)")
+    raise files.CheckpointError(
+        f"no world {str(world)!r}: not a folder, and shipped worlds are: {shipped or 'none yet'}"
+    )
+
+
+def knows_lives(world: str | Path) -> bool:
+    """Whether a world (folder or shipped name) predicts lost lives, read from its world.json."""
+    return _knows_lives(files.load_json(resolve(world) / "world.json"))
+
+
+def _knows_lives(meta: dict) -> bool:
+    return bool(meta.get("lives")) and from_dict(ModelConfig, meta["model"]).reward.life_head
+
+
+def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBundle:
+    """Load a world folder (or shipped world name) for inference. Its world.json and the
+    weights' shapes are checked before anything is allocated (`worldsim.sim.world_file`)."""
+    from worldsim.models.denoiser import Denoiser
+
+    path = resolve(world)
+    meta = read_meta(path)
+    A, rewards, cfg = len(meta.action_meanings), list(meta.reward_values), meta.model
+    check_weights(path / "teacher.safetensors", lambda: WorldModel(cfg, A, rewards))
+    has_student = (path / "student.safetensors").is_file()
+    if has_student != (meta.student is not None):
+        raise files.CheckpointError(
+            f"{path}: student.safetensors and world.json's 'student' entry must come together"
+        )
+    if has_student:
+        check_weights(path / "student.safetensors",
+                                 lambda: Denoiser(cfg.denoiser, A, parameterization="consistency"))  # fmt: skip
+    model = WorldModel(cfg, A, rewards)
+    files.load_weights(
+        model, files.load_tensors(path / "teacher.safetensors"), path / "teacher.safetensors"
+    )
+    starts = files.load_tensors(path / "starts.safetensors")
+    if set(starts) != {"frames", "actions"}:
+        raise files.CheckpointError(
+            f"{path}/starts.safetensors: expected 'frames' and 'actions', got {sorted(starts)}"
+        )
+    K = cfg.denoiser.context
+    check_starts(path / "starts.safetensors", starts["frames"], starts["actions"], meta, K)
+    starts["frames"] = starts["frames"][:, None].expand(-1, K, -1, -1, -1).contiguous()
+    student = None
+    if has_student:
+        student = Denoiser(cfg.denoiser, A, parameterization="consistency")
+        files.load_weights(
+            student, files.load_tensors(path / "student.safetensors"), path / "student.safetensors"
+        )
+        student = student.to(device, memory_format=torch.channels_last).eval()
+    meta_dict = as_dict(meta)
+    keys = {tuple(k): a for k, a in meta_dict.get("keys_to_action", [])}
+    # channels_last: the layout oneDNN's and cuDNN's convolutions run fastest in
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return WorldBundle(path, meta_dict, model, student, starts["frames"], starts["actions"], keys)
+
+
+# --- run folders (from `worldsim train` / `worldsim distill`) ---
+
+
+def latest_checkpoint(run: Path) -> Path:
+    run = Path(run)
+    pointer = run / "latest"
+    if not pointer.is_file():
+        raise CheckpointError(f"{run}: no checkpoint (expected a run folder with a 'latest' file)")
+    name = pointer.read_text(errors="replace").strip()
+    if not re.fullmatch(r"step_\d{7}", name):
+        raise CheckpointError(
+            f"{pointer}: expected the name of one of {run}/checkpoints/step_NNNNNNN, got {name[:80]!r}"
+        )
+    ckpt = run / "checkpoints" / name
+    old_copy = ckpt.with_name(f".{ckpt.name}.old")
+    if not ckpt.is_dir() and old_copy.is_dir():  # a crash while the same step was saved again
+        return old_copy
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{run}: 'latest' names {ckpt.name}, which is missing")
+    return ckpt
+
+
+def checkpoints_newest_first(run: Path) -> list[Path]:
+    """The run's checkpoint folders, newest first (for falling back past a damaged one)."""
+    return sorted((Path(run) / "checkpoints").glob("step_*"), reverse=True)

@@ -12,7 +12,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
-from worldsim.world import next_frame
+from worldsim.sim.world import next_frame
 
 EULER_3 = SamplerConfig("euler", steps=3)
 

@@ -9,8 +9,8 @@ from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from worldsim.env import check_context, has_context, load_checked, make_sampler
-from worldsim.world import World
+from worldsim.sim.env import check_context, has_context, load_checked, make_sampler
+from worldsim.sim.world import World
 
 MAX_ENVS = 65_536
 """Most worlds one vector env steps together (a bound before memory is taken)."""

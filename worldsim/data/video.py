@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldsim.data.store import DiskFull, disk_full
+from worldsim.files import DiskFull, disk_full
 
 
 def upscale(frames: np.ndarray, scale: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from worldsim.metrics import moving_mask, psnr
+from worldsim.evaluation.metrics import moving_mask, psnr
 from worldsim.models.world_model import to_uint8, to_unit
 
 # (context (B, K, 3, H, W) in [-1, 1], actions (B, K)) -> next frame (B, 3, H, W) in [-1, 1]

@@ -31,13 +31,14 @@ from typing import Literal
 
 import torch
 
-from worldsim import checkpoint as ckpt
+from worldsim import files
 from worldsim.config import from_dict
 from worldsim.data.store import DataError, Dataset
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, onestep, sample
 from worldsim.models.world_model import ModelConfig, WorldModel, to_uint8, to_unit
-from worldsim.train import RunConfig, Trainer
+from worldsim.sim import world_file
+from worldsim.training.train import RunConfig, Trainer
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -225,7 +226,7 @@ class Distiller(Trainer):
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         st = self.teacher_state
         teacher = WorldModel(self.model_cfg, len(st["action_meanings"]), st["reward_values"])
-        ckpt.load_weights(teacher, self.teacher_weights, Path(self.cfg.teacher))
+        files.load_weights(teacher, self.teacher_weights, Path(self.cfg.teacher))
         self.teacher = teacher.denoiser.to(self.device).eval().requires_grad_(False)
         student = Denoiser(
             self.model_cfg.denoiser, len(st["action_meanings"]), parameterization="consistency"
@@ -233,8 +234,8 @@ class Distiller(Trainer):
         student.load_state_dict(teacher.denoiser.state_dict())  # start from the teacher's EMA
         if self.cfg.init:
             path = Path(self.cfg.init) / "student.safetensors"
-            weights = {k: v.float() for k, v in ckpt.load_tensors(path).items()}
-            ckpt.load_weights(student, weights, path)
+            weights = {k: v.float() for k, v in files.load_tensors(path).items()}
+            files.load_weights(student, weights, path)
         return student
 
     def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
@@ -270,7 +271,7 @@ class Distiller(Trainer):
         return loss, {"loss": loss.item(), "reward_loss": 0.0}
 
     def write_samples(self, path: Path) -> None:
-        from worldsim.samples import write_sample_grid
+        from worldsim.training.samples import write_sample_grid
 
         sampler = SamplerConfig(
             "onestep", sigma_min=self.cfg.sigma_min, sigma_max=self.cfg.sigma_max
@@ -281,19 +282,19 @@ class Distiller(Trainer):
 def _teacher(path: Path) -> tuple[dict, dict]:
     """(state, fp32 weights) of a teacher run's latest EMA, or of a world folder's teacher."""
     if (path / "world.json").is_file():
-        meta = ckpt.load_json(path / "world.json")
-        weights = ckpt.load_tensors(path / "teacher.safetensors")
+        meta = files.load_json(path / "world.json")
+        weights = files.load_tensors(path / "teacher.safetensors")
         state = {"step": meta["source"]["step"], "model": meta["model"], "env_id": meta["env_id"],
                  "action_meanings": meta["action_meanings"], "reward_values": meta["reward_values"],
                  "config": {"data": meta["source"]["data"]}}  # fmt: skip
         return state, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     if not (path / "latest").is_file():
-        raise ckpt.CheckpointError(
+        raise files.CheckpointError(
             f"{path}: not a teacher (expected a run folder with a 'latest' file, or a world "
             "folder with world.json)"
         )
-    latest = ckpt.latest_checkpoint(path)
-    return ckpt.load_json(latest / "state.json"), ckpt.load_tensors(latest / "ema.safetensors")
+    latest = world_file.latest_checkpoint(path)
+    return files.load_json(latest / "state.json"), files.load_tensors(latest / "ema.safetensors")
 
 
 def distill(cfg: DistillConfig) -> Path:

@@ -8,9 +8,9 @@ import torch
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from worldsim.bundle import WorldBundle, load_world
 from worldsim.models.samplers import SamplerConfig
-from worldsim.world import World, default_sampler
+from worldsim.sim.world import World, default_sampler
+from worldsim.sim.world_file import WorldBundle, load_world
 
 
 def make_sampler(bundle: WorldBundle, sampler: str | None, steps: int | None) -> SamplerConfig:
@@ -211,7 +211,7 @@ class WorldModelEnv(gym.Env):
     def _render_human(self):
         if self.render_mode != "human":
             return
-        from worldsim.play.display import Window
+        from worldsim.sim.window import Window
 
         if self._window is None:
             self._window = Window(self.bundle.frame_size, scale=8, caption="worldsim")

@@ -1,0 +1,1 @@
+"""The world as a Gymnasium environment: world files, the stepping core, env, vector env."""

@@ -1,0 +1,1 @@
+"""From recorded play to a world folder: training, distillation, checkpoints, bundling."""
