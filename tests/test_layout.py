@@ -53,8 +53,13 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         else:
             continue
         for name in names:
@@ -83,7 +88,7 @@ def test_no_import_circle():
             if n == "worldsim" or m == "worldsim":
                 continue  # the package's face imports the games it registers
             if state.get(n) == 1:
-                raise AssertionError(" -> ".join([*path[path.index(n):], n]))
+                raise AssertionError(" -> ".join([*path[path.index(n) :], n]))
             if n not in state:
                 visit(n, [*path, n])
         state[m] = 2
@@ -98,7 +103,9 @@ def test_a_human_render_env_pulls_in_no_window_until_it_draws():
     import subprocess
     import sys
 
-    seen = "sorted(m for m in ('pygame', 'worldsim.play', 'worldsim.sim.window') if m in sys.modules)"
+    seen = (
+        "sorted(m for m in ('pygame', 'worldsim.play', 'worldsim.sim.window') if m in sys.modules)"
+    )
     code = ("import sys, worldsim, gymnasium as gym; "
             f"env = gym.make('worldsim/World-v0', render_mode='human'); print({seen}); "
             f"env.reset(seed=0); print({seen})")  # fmt: skip
