@@ -152,12 +152,10 @@ def test_bf16_precision_is_deterministic_and_close_to_fp32(tiny_world):
     assert x16.dtype == x32.dtype == torch.float32 and not torch.equal(x16, x32)
     # its bfloat16 weight copy draws exactly what autocast makes of the fp32 network, which
     # the bundle keeps
-    from worldsim.sim.world import next_frame
+    from worldsim.sim.world import Sampler
 
     with torch.autocast("cpu", torch.bfloat16):
-        auto = next_frame(
-            w16.bundle.student, obs, act, w16.sampler, torch.Generator().manual_seed(0)
-        )
+        auto = Sampler(w16.bundle.student, w16.sampler)(obs, act, torch.Generator().manual_seed(0))
     assert torch.equal(auto.float(), x16) and w16.denoiser is not w16.bundle.student
     assert next(w16.bundle.student.parameters()).dtype == torch.float32
     # play switches sampler at run time: the teacher gets its own bfloat16 copy

@@ -195,7 +195,7 @@ def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
     noised context included."""
     from worldsim.models.denoiser import Denoiser, DenoiserConfig
     from worldsim.models.unet import pack, unpack
-    from worldsim.sim.world import next_frame
+    from worldsim.sim.world import Sampler
 
     torch.manual_seed(0)
     unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)
@@ -207,9 +207,9 @@ def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
     obs, act = torch.rand(3, 2, 3, 32, 32) * 2 - 1, torch.randint(0, 3, (3, 2))
     cfg = SamplerConfig(name, 3)
     gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
-    plain = next_frame(D, obs, act, cfg, gens(), ctx_noise=ctx_noise)
-    packed = next_frame(D, pack(obs.reshape(3, 6, 32, 32), 2), act, cfg, gens(),
-                        ctx_noise=ctx_noise, packed=True)  # fmt: skip
+    draw = Sampler(D, cfg)
+    plain = draw(obs, act, gens(), ctx_noise=ctx_noise)
+    packed = draw(pack(obs.reshape(3, 6, 32, 32), 2), act, gens(), ctx_noise=ctx_noise, packed=True)
     assert packed.shape == (3, 12, 16, 16)
     torch.testing.assert_close(unpack(packed, 2), plain, rtol=1e-4, atol=1e-4)
 

@@ -20,7 +20,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.evaluation.rollout import copy_last, rollout, score
 from worldsim.models.samplers import SamplerConfig
 from worldsim.sim import world_file
-from worldsim.sim.world import next_frame
+from worldsim.sim.world import Sampler
 from worldsim.training.train import TrainConfig, Trainer, train
 
 
@@ -43,7 +43,7 @@ def test_tiny_world_learns_motion_and_beats_copying_the_last_frame(bricks32, tmp
     batch = test.sample(256, np.random.default_rng(0))
     den = trainer.ema.denoiser
     generated = rollout(
-        lambda ctx, a: next_frame(den, ctx, a, SamplerConfig("euler", 1)),
+        Sampler(den, SamplerConfig("euler", 1)),
         batch.obs,
         batch.act,
         K,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -380,12 +380,8 @@ def default_out(world: Path) -> Path:
 
 
 def _for_world(s: SamplerConfig, bundle: WorldBundle) -> SamplerConfig | None:
-    if s.name not in ("onestep", "multistep"):
-        return s
-    if bundle.student is None:
-        return None
-    meta = bundle.meta["student"]
-    return replace(s, sigma_min=meta["sigma_min"], sigma_max=meta["sigma_max"])
+    """`s` at the world's noise levels; None for a student sampler of a world without one."""
+    return None if s.uses_student and bundle.student is None else bundle.fit_sampler(s)
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -1,6 +1,8 @@
 """Samplers: draw x0 given a denoiser closure `denoise(x, sigma) -> x0` and unit noise.
 
-All share one signature, `sampler(denoise, noise, cfg, generator) -> x0`, so the
+As in k-diffusion's `sampling.py`, each sampler takes the noise levels it visits
+(`sampler_sigmas(cfg)`), and the ODE samplers and the distillation's teacher share one step
+function, `ode_step`. `sample(denoise, noise, cfg)` picks the sampler `cfg` names; the
 consistency samplers of the one-step head slot in beside Euler and Heun.
 """
 
@@ -15,6 +17,8 @@ import torch
 
 MAX_STEPS = 1000
 """Most network evaluations a sampler may take per frame (EDM's best samplers use < 100)."""
+
+SAMPLER_NAMES = ("euler", "heun", "onestep", "multistep")
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | list[torch.Generator] | None
@@ -67,6 +71,11 @@ class SamplerConfig:
             )
 
     @property
+    def uses_student(self) -> bool:
+        """Whether this sampler runs the one-step student (else the teacher)."""
+        return self.name in ("onestep", "multistep")
+
+    @property
     def evaluations(self) -> int:
         """Network evaluations per frame."""
         if self.name == "onestep":
@@ -95,60 +104,91 @@ def _full(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
 
 
-def _ode_sigmas(cfg: SamplerConfig) -> torch.Tensor:
-    """The Karras levels of an ODE sampler, then a final jump to sigma = 0."""
+def ode_step(
+    denoise: DenoiseFn, x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, heun: bool = False
+) -> torch.Tensor:
+    """One step of the probability-flow ODE from level `s` down to `s_next` (Karras et al.
+    2022, Algorithm 1): Euler, or with `heun` its second-order correction (skipped where
+    `s_next` is 0). The levels are one for the batch (0-d) or one per sample (B,). Every
+    sampler and the distillation's teacher take their steps here."""
+    if s.ndim:  # one level per sample: broadcast over the frame
+        shape = (-1, *[1] * (x.ndim - 1))
+        sb, nb, s_in, n_in = s.view(shape), s_next.view(shape), s, s_next
+    else:
+        sb, nb, s_in, n_in = s, s_next, _full(x, s), _full(x, s_next)
+    d = (x - denoise(x, s_in)) / sb
+    x_next = x + (nb - sb) * d
+    if heun and bool((s_next > 0).all()):
+        d_next = (x_next - denoise(x_next, n_in)) / nb
+        x_next = x + (nb - sb) * (d + d_next) / 2
+    return x_next
+
+
+def sampler_sigmas(cfg: SamplerConfig) -> torch.Tensor:
+    """The noise levels a sampler visits, from where it starts.
+
+    ODE samplers (euler, heun): `steps` Karras levels, then 0 (the last step jumps to the
+    clean frame). onestep: sigma_max alone. multistep: the `steps` levels it denoises from.
+
+    >>> [round(s, 4) for s in sampler_sigmas(SamplerConfig("euler", 2)).tolist()]
+    [5.0, 0.002, 0.0]
+    >>> sampler_sigmas(SamplerConfig("onestep", 1)).tolist()
+    [5.0]
+    """
+    if cfg.name == "onestep":
+        return torch.tensor([cfg.sigma_max])
+    if cfg.name == "multistep":
+        return karras_sigmas(cfg.steps + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1]
     return torch.cat(
         [karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho), torch.zeros(1)]
     )
 
 
-def euler(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
-    """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without the
-    second-order step); the last step jumps to sigma = 0, so 1 step is x0 = D(sigma_max z)."""
-    sigmas = _ode_sigmas(cfg)
+def euler(denoise: DenoiseFn, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Euler on the probability-flow ODE through `sigmas` (ending at 0, so 1 step is
+    x0 = D(sigma_max z))."""
     x = noise * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        d = (x - denoise(x, _full(x, s))) / s
-        x = x + (s_next - s) * d
+        x = ode_step(denoise, x, s, s_next)
     return x
 
 
-def heun(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1, deterministic)."""
-    sigmas = _ode_sigmas(cfg)
+def heun(denoise: DenoiseFn, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Heun's second-order method through `sigmas` (Karras et al. 2022, deterministic)."""
     x = noise * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        d = (x - denoise(x, _full(x, s))) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            d_next = (x_next - denoise(x_next, _full(x, s_next))) / s_next
-            x_next = x + (s_next - s) * (d + d_next) / 2
-        x = x_next
+        x = ode_step(denoise, x, s, s_next, heun=True)
     return x
 
 
-def onestep(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
+def onestep(denoise: DenoiseFn, noise: torch.Tensor, sigma_max: float) -> torch.Tensor:
     """One-step consistency sampling (Song et al. 2023, Algorithm 1): x = f(sigma_max z)."""
-    return denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
+    return denoise(noise * sigma_max, _full(noise, sigma_max))
 
 
-def multistep(denoise: DenoiseFn, noise, cfg: SamplerConfig, draw=None) -> torch.Tensor:
-    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): denoise, re-noise to
-    the next level of the Karras schedule, denoise again; `steps` evaluations."""
-    sigmas = karras_sigmas(cfg.steps + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1]
-    x = denoise(noise * cfg.sigma_max, _full(noise, cfg.sigma_max))
+def multistep(
+    denoise: DenoiseFn,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    sigma_min: float,
+    draw: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): denoise from
+    sigmas[0], re-noise to the next level with fresh noise `draw(x)`, denoise again."""
+    x = onestep(denoise, noise, float(sigmas[0]))
     for s in sigmas[1:]:
-        z = draw(x)
-        x_s = x + (s**2 - cfg.sigma_min**2).sqrt() * z
+        x_s = x + (s**2 - sigma_min**2).sqrt() * draw(x)
         x = denoise(x_s, _full(x, s))
     return x
 
 
-SAMPLERS = {"euler": euler, "heun": heun, "onestep": onestep, "multistep": multistep}
-
-
-def sample(denoise: DenoiseFn, noise: torch.Tensor, cfg: SamplerConfig, generator=None,
-           draw: Callable[[torch.Tensor], torch.Tensor] | None = None):  # fmt: skip
+def sample(
+    denoise: DenoiseFn,
+    noise: torch.Tensor,
+    cfg: SamplerConfig,
+    generator: Generators = None,
+    draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Draw x0 with the sampler `cfg.name`. Samplers that re-noise (multistep) take fresh
     noise shaped like x from `draw(x)`: by default `randn` from `generator`; a caller whose
     x is laid out differently (`World`'s packed frames) draws it as its plain frames would.
@@ -163,4 +203,9 @@ def sample(denoise: DenoiseFn, noise: torch.Tensor, cfg: SamplerConfig, generato
         def draw(x):
             return randn(x.shape, generator, x.device, x.dtype)
 
-    return SAMPLERS[cfg.name](denoise, noise, cfg, draw)
+    sigmas = sampler_sigmas(cfg)
+    if cfg.name == "onestep":
+        return onestep(denoise, noise, cfg.sigma_max)
+    if cfg.name == "multistep":
+        return multistep(denoise, noise, sigmas, cfg.sigma_min, draw)
+    return (heun if cfg.name == "heun" else euler)(denoise, noise, sigmas)

@@ -9,31 +9,8 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from worldsim.models.samplers import SamplerConfig
-from worldsim.sim.world import World, default_sampler
+from worldsim.sim.world import World
 from worldsim.sim.world_file import WorldBundle, load_world
-
-
-def make_sampler(bundle: WorldBundle, sampler: str | None, steps: int | None) -> SamplerConfig:
-    """The world's default sampler, or the one named (`euler`, `heun`, `onestep`, `multistep`)."""
-    base = default_sampler(bundle)
-    if sampler is None and steps is None:
-        return base
-    name = sampler or base.name
-    if sampler is None and name == "onestep" and steps != 1:
-        name = "multistep"  # steps asked of a student: its multistep sampler
-    if name not in ("euler", "heun", "onestep", "multistep"):
-        raise ValueError(f"sampler must be euler, heun, onestep or multistep, got {name!r}")
-    if name == "onestep" and steps not in (None, 1):
-        raise ValueError(f"sampler 'onestep' takes one step, got steps={steps} (use multistep)")
-    if name in ("onestep", "multistep") and bundle.student is None:
-        raise ValueError(
-            f"sampler {name!r} needs a world with a one-step student; {bundle.path} has none"
-        )
-    sig = bundle.meta["student"] if name in ("onestep", "multistep") else {}
-    if steps is None:
-        steps = 1 if name == "onestep" else 3
-    return SamplerConfig(name, steps,
-                         sigma_min=sig.get("sigma_min", 0.002), sigma_max=sig.get("sigma_max", 5.0))  # fmt: skip
 
 
 def check_context(
@@ -144,7 +121,7 @@ class WorldModelEnv(gym.Env):
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.bundle = load_checked(world, frame_size, num_actions, device, end_on_life_loss)
-        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps), precision)
+        self.world = World(self.bundle, self.bundle.sampler(sampler, steps), precision)
         self.render_mode, self.max_episode_steps = render_mode, max_episode_steps
         self.end_on_life_loss = end_on_life_loss
         self._go_on = False  # the last episode ended at a lost life: reset() goes on from there

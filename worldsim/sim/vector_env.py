@@ -9,7 +9,7 @@ from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from worldsim.sim.env import check_context, has_context, load_checked, make_sampler
+from worldsim.sim.env import check_context, has_context, load_checked
 from worldsim.sim.world import World
 
 MAX_ENVS = 65_536
@@ -48,7 +48,7 @@ class WorldModelVectorEnv(VectorEnv):
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
         self.bundle = load_checked(world, frame_size, num_actions, device, end_on_life_loss)
         self.end_on_life_loss = end_on_life_loss
-        self.world = World(self.bundle, make_sampler(self.bundle, sampler, steps), precision)
+        self.world = World(self.bundle, self.bundle.sampler(sampler, steps), precision)
         self.num_envs, self.max_episode_steps, self.render_mode = (
             num_envs,
             max_episode_steps,

@@ -27,35 +27,49 @@ def bf16_weights(net: nn.Module) -> nn.Module:
     return net
 
 
-@torch.no_grad()
-def next_frame(denoiser: Denoiser, obs: torch.Tensor, act: torch.Tensor, sampler: SamplerConfig,
-               generator: Generators = None, ctx_noise: float = 0.0, packed: bool = False
-               ) -> torch.Tensor:  # fmt: skip
-    """Draw the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W) in [-1, 1] and
-    act (B, K), where act[:, -1] is the action being taken now. `ctx_noise` > 0 noises the
-    context to that level and says so to the network, as in training (GameNGen). `packed`:
-    obs comes, and the frame goes, `pack`ed by the network's stem r: (B, K*3*r*r, H/r, W/r)
-    and (B, 3*r*r, H/r, W/r) (`World`'s state); every noise is drawn as for plain frames,
-    then packed, so the frames are the plain path's up to rounding."""
-    B = obs.shape[0]
-    r = denoiser.cfg.unet.stem
-    C, H, W = (3, obs.shape[-2] * r, obs.shape[-1] * r) if packed else obs.shape[-3:]
+class Sampler:
+    """A sampler bound to the network it evaluates (as DIAMOND's `DiffusionSampler`): draws
+    next frames from context frames and actions.
 
-    def draw(x=None, channels=C):
-        """Standard noise for a frame (or the context), drawn as for plain frames."""
-        z = randn((B, channels, H, W), generator, obs.device)
-        return pack(z, r) if packed else z
+    `sampler(obs, act)` draws the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W)
+    in [-1, 1] and act (B, K), where act[:, -1] is the action being taken now. `ctx_noise`
+    > 0 noises the context to that level and says so to the network, as in training
+    (GameNGen). `packed`: obs comes, and the frame goes, `pack`ed by the network's stem r:
+    (B, K*3*r*r, H/r, W/r) and (B, 3*r*r, H/r, W/r) (`World`'s state); every noise is drawn
+    as for plain frames, then packed, so the frames are the plain path's up to rounding.
+    """
 
-    sigma_ctx = torch.full((B,), float(ctx_noise), device=obs.device)
-    if ctx_noise > 0:
-        z = draw(channels=obs.shape[1] // r**2 if packed else obs.shape[1] * C)
-        obs = (obs + ctx_noise * z.view(obs.shape)).to(obs.dtype)
-    noise = draw()
+    def __init__(self, denoiser: Denoiser, cfg: SamplerConfig):
+        self.denoiser, self.cfg = denoiser, cfg
 
-    def denoise(x, sigma):
-        return denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
+    @torch.no_grad()
+    def __call__(
+        self,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        generator: Generators = None,
+        ctx_noise: float = 0.0,
+        packed: bool = False,
+    ) -> torch.Tensor:
+        B = obs.shape[0]
+        r = self.denoiser.cfg.unet.stem
+        C, H, W = (3, obs.shape[-2] * r, obs.shape[-1] * r) if packed else obs.shape[-3:]
 
-    return sample(denoise, noise, sampler, generator, draw).clamp(-1, 1)
+        def draw(x=None, channels=C):
+            """Standard noise for a frame (or the context), drawn as for plain frames."""
+            z = randn((B, channels, H, W), generator, obs.device)
+            return pack(z, r) if packed else z
+
+        sigma_ctx = torch.full((B,), float(ctx_noise), device=obs.device)
+        if ctx_noise > 0:
+            z = draw(channels=obs.shape[1] // r**2 if packed else obs.shape[1] * C)
+            obs = (obs + ctx_noise * z.view(obs.shape)).to(obs.dtype)
+        noise = draw()
+
+        def denoise(x, sigma):
+            return self.denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
+
+        return sample(denoise, noise, self.cfg, generator, draw).clamp(-1, 1)
 
 
 class Step(NamedTuple):
@@ -66,14 +80,6 @@ class Step(NamedTuple):
     rewards: torch.Tensor
     ends: torch.Tensor
     lives_lost: torch.Tensor
-
-
-def default_sampler(bundle) -> SamplerConfig:
-    """One-step when the world has a student, else the teacher's 3-step Euler."""
-    if bundle.student is not None:
-        s = bundle.meta["student"]
-        return SamplerConfig("onestep", 1, sigma_min=s["sigma_min"], sigma_max=s["sigma_max"])
-    return SamplerConfig("euler", 3)
 
 
 class World:
@@ -94,12 +100,7 @@ class World:
 
     def __init__(self, bundle, sampler: SamplerConfig | None = None, precision: str = "fp32"):
         self.bundle = bundle
-        self.sampler = sampler or default_sampler(bundle)
         self.precision = check_precision(precision)
-        if self.sampler.name in ("onestep", "multistep") and bundle.student is None:
-            raise ValueError(
-                f"sampler {self.sampler.name!r} needs a world with a one-step student; {bundle.path} has none"
-            )
         self.model = bundle.model
         self.device = next(self.model.parameters()).device
         if self.device.type == "cpu":
@@ -116,6 +117,19 @@ class World:
         self._end_at, self._life_at = bundle.thresholds["end"], bundle.thresholds["life"]
         self._ctx: torch.Tensor | None = None  # (N, K*3*r*r, H/r, W/r), `pack`ed frames
         self.actions: torch.Tensor | None = None
+        self.sampler = sampler or bundle.sampler()
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        """How frames are drawn; setting it binds the sampler to its network (student or
+        teacher, in this world's precision)."""
+        return self._sampler.cfg
+
+    @sampler.setter
+    def sampler(self, cfg: SamplerConfig) -> None:
+        cfg = self.bundle.fit_sampler(cfg)
+        which = "student" if cfg.uses_student else "teacher"
+        self._sampler = Sampler(self._in_precision(which, self.bundle.denoiser_for(cfg)), cfg)
 
     @property
     def frames(self) -> torch.Tensor | None:
@@ -140,9 +154,7 @@ class World:
     @property
     def denoiser(self) -> Denoiser:
         """The network the sampler evaluates (with bfloat16 weights under precision="bf16")."""
-        which = "student" if self.sampler.name in ("onestep", "multistep") else "teacher"
-        net = self.bundle.student if which == "student" else self.model.denoiser
-        return self._in_precision(which, net)
+        return self._sampler.denoiser
 
     @property
     def reward(self) -> nn.Module:
@@ -174,9 +186,10 @@ class World:
     def draw(
         self, obs: torch.Tensor, act: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
-        """next_frame with this world's denoiser, sampler and precision (fp32 out)."""
+        """The next frames of plain (unpacked) context, with this world's sampler and
+        precision (fp32 out)."""
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            return next_frame(self.denoiser, obs, act, self.sampler, generator).float()
+            return self._sampler(obs, act, generator).float()
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: Generators = None) -> Step:
@@ -184,7 +197,7 @@ class World:
         actions = actions.to(self.device, torch.int64)
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            x = next_frame(self.denoiser, self._ctx, act, self.sampler, generator, packed=True)
+            x = self._sampler(self._ctx, act, generator, packed=True)
             frame = to_uint8(x.float())  # packed
             nxt = to_unit(frame).to(self._dtype)  # what the user sees: uint8 levels
             r_logits, e_logit, l_logit = self.reward(self._ctx, actions, nxt, packed=self._r)

@@ -23,6 +23,8 @@ import torch
 from worldsim import files
 from worldsim.config import ConfigError, from_dict
 from worldsim.files import FORMAT_VERSION, CheckpointError, load_json
+from worldsim.models.denoiser import Denoiser
+from worldsim.models.samplers import SAMPLER_NAMES, SamplerConfig
 from worldsim.models.world_model import ModelConfig, WorldModel
 
 WORLDS_DIR = Path(__file__).parent.parent / "worlds"  # worlds shipped inside the package
@@ -196,7 +198,7 @@ class WorldBundle:
     path: Path
     meta: dict
     model: WorldModel
-    student: torch.nn.Module | None
+    student: Denoiser | None
     start_frames: torch.Tensor  # (N, K, H, W, 3) uint8
     start_actions: torch.Tensor  # (N, K) int64
     keys_to_action: dict[tuple[int, ...], int] = field(default_factory=dict)
@@ -223,6 +225,46 @@ class WorldBundle:
     def lives(self) -> bool:
         """Whether the reward/end model predicts lost lives (learned from data with lives)."""
         return _knows_lives(self.meta)
+
+    def sampler(self, name: str | None = None, steps: int | None = None) -> SamplerConfig:
+        """The sampler `name` (euler, heun, onestep, multistep) with `steps` evaluations, set to
+        this world's noise levels; by default one-step when the world has a student, else the
+        teacher's 3-step Euler. Steps asked of the default student mean its multistep sampler."""
+        default = "onestep" if self.student is not None else "euler"
+        chosen = name or default
+        if name is None and chosen == "onestep" and steps not in (None, 1):
+            chosen = "multistep"
+        if chosen not in SAMPLER_NAMES:
+            raise ValueError(f"sampler must be euler, heun, onestep or multistep, got {chosen!r}")
+        if chosen == "onestep" and steps not in (None, 1):
+            raise ValueError(f"sampler 'onestep' takes one step, got steps={steps} (use multistep)")
+        if steps is None:
+            steps = 1 if chosen == "onestep" else 3
+        return self.fit_sampler(SamplerConfig(chosen, steps))
+
+    def fit_sampler(self, cfg: SamplerConfig) -> SamplerConfig:
+        """`cfg` at the noise levels its network was trained for: a student sampler takes the
+        student's sigma_min and sigma_max (and needs a world with a student)."""
+        if not cfg.uses_student:
+            return cfg
+        if self.student is None:
+            raise ValueError(
+                f"sampler {cfg.name!r} needs a world with a one-step student; {self.path} has none"
+            )
+        levels = self.meta["student"]
+        return dataclasses.replace(
+            cfg, sigma_min=levels["sigma_min"], sigma_max=levels["sigma_max"]
+        )
+
+    def denoiser_for(self, cfg: SamplerConfig) -> Denoiser:
+        """The network `cfg` samples with: the one-step student or the teacher."""
+        if cfg.uses_student:
+            if self.student is None:
+                raise ValueError(
+                    f"sampler {cfg.name!r} needs a one-step student; {self.path} has none"
+                )
+            return self.student
+        return self.model.denoiser
 
 
 def resolve(world: str | Path) -> Path:
@@ -252,8 +294,6 @@ def _knows_lives(meta: dict) -> bool:
 def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBundle:
     """Load a world folder (or shipped world name) for inference. Its world.json and the
     weights' shapes are checked before anything is allocated (`worldsim.sim.world_file`)."""
-    from worldsim.models.denoiser import Denoiser
-
     path = resolve(world)
     meta = read_meta(path)
     A, rewards, cfg = len(meta.action_meanings), list(meta.reward_values), meta.model
@@ -290,6 +330,65 @@ def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBu
     # channels_last: the layout oneDNN's and cuDNN's convolutions run fastest in
     model = model.to(device, memory_format=torch.channels_last).eval()
     return WorldBundle(path, meta_dict, model, student, starts["frames"], starts["actions"], keys)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Trained weights on disk: a run folder's latest checkpoint (its EMA weights) or a world
+    folder (its teacher), with the JSON beside them. Both JSONs hold the game (`env_id`,
+    `action_meanings`, `reward_values`) and the `model` config under the same keys."""
+
+    folder: Path
+    """The run or world folder."""
+    kind: Literal["run", "world"]
+    meta: dict
+    """state.json of the checkpoint, or world.json."""
+    weights_path: Path
+    """ema.safetensors of the checkpoint, or the world's teacher.safetensors."""
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return from_dict(ModelConfig, self.meta["model"])
+
+    @property
+    def step(self) -> int:
+        """Training steps behind the weights."""
+        return self.meta["step"] if self.kind == "run" else self.meta["source"]["step"]
+
+    @property
+    def data(self) -> str:
+        """The dataset the weights were trained on."""
+        return self.meta["config"]["data"] if self.kind == "run" else self.meta["source"]["data"]
+
+    @property
+    def student_path(self) -> Path:
+        """Where a one-step student's weights are: a distillation run's EMA, a world's student."""
+        if self.kind == "run":
+            return self.weights_path
+        if "student" not in self.meta:
+            raise CheckpointError(f"{self.folder}: this world has no student to take")
+        return self.folder / "student.safetensors"
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights, floating-point ones in fp32 (a world keeps them in fp16)."""
+        loaded = files.load_tensors(self.weights_path)
+        return {k: v.float() if v.is_floating_point() else v for k, v in loaded.items()}
+
+
+def load_source(path: str | Path) -> Source:
+    """A run folder (from `worldsim train` or `worldsim distill`) or a world folder (or a
+    shipped world's name): the one place that tells them apart."""
+    path = Path(path)
+    if (path / "latest").is_file():
+        latest = latest_checkpoint(path)
+        return Source(path, "run", load_json(latest / "state.json"), latest / "ema.safetensors")
+    if not (path / "world.json").is_file() and path.exists():
+        raise CheckpointError(
+            f"{path}: neither a run folder (with a 'latest' file) nor a world folder (with "
+            "world.json)"
+        )
+    world = resolve(path)
+    return Source(world, "world", load_json(world / "world.json"), world / "teacher.safetensors")
 
 
 # --- run folders (from `worldsim train` / `worldsim distill`) ---

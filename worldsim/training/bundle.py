@@ -50,14 +50,13 @@ def bundle(cfg: BundleConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
-    if (Path(cfg.run) / "world.json").is_file():
-        return _rebundle(cfg, out)
-    path = world_file.latest_checkpoint(Path(cfg.run))
-    state = files.load_json(path / "state.json")
-    weights = files.load_tensors(path / "ema.safetensors")
-    model_cfg = from_dict(ModelConfig, state["model"])
+    src = world_file.load_source(cfg.run)
+    if src.kind == "world":
+        return _rebundle(src.folder, cfg, out)
+    state, weights = src.meta, files.load_tensors(src.weights_path)
+    model_cfg = src.model_cfg
     model = WorldModel(model_cfg, len(state["action_meanings"]), state["reward_values"])
-    files.load_weights(model, weights, path)  # refuse a checkpoint that does not fit its config
+    files.load_weights(model, weights, src.weights_path)  # refuse weights that do not fit
     ds = Dataset.open(state["config"]["data"])
     frames, actions = _starts(ds, model_cfg.denoiser.context, cfg.starts)
     thresholds = calibrate(model, ds)
@@ -77,9 +76,8 @@ def bundle(cfg: BundleConfig) -> Path:
     return _write_world(out, meta, cfg.student, write_files)
 
 
-def _rebundle(cfg: BundleConfig, out: Path) -> Path:
+def _rebundle(src: Path, cfg: BundleConfig, out: Path) -> Path:
     """A world from another world folder: same teacher and starts, the student of `cfg.student`."""
-    src = Path(cfg.run)
     meta = files.load_json(src / "world.json")
     meta.pop("student", None)
 
@@ -114,16 +112,10 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
     """Copy a distilled student's EMA weights (fp16) into the bundle; it must fit the teacher."""
     from worldsim.models.denoiser import Denoiser
 
-    if (run / "world.json").is_file():  # the student of another world
-        other = files.load_json(run / "world.json")
-        if "student" not in other:
-            raise files.CheckpointError(f"{run}: this world has no student to take")
-        path, state = run / "student.safetensors", {**other["student"], "model": other["model"]}
-        weights = files.load_tensors(path)
-    else:
-        path = world_file.latest_checkpoint(run)
-        state = files.load_json(path / "state.json")
-        weights = files.load_tensors(path / "ema.safetensors")
+    src = world_file.load_source(run)
+    path = src.student_path
+    weights = files.load_tensors(path)
+    state = {**src.meta["student"], "model": src.meta["model"]} if src.kind == "world" else src.meta
     if "model" not in state or _denoiser_cfg(state["model"]) != _denoiser_cfg(meta["model"]):
         raise files.CheckpointError(
             f"{path}: the student's model config differs from the teacher's"

@@ -32,11 +32,10 @@ from typing import Literal
 import torch
 
 from worldsim import files
-from worldsim.config import from_dict
 from worldsim.data.store import DataError, Dataset
 from worldsim.models.denoiser import Denoiser
-from worldsim.models.samplers import SamplerConfig, karras_sigmas, onestep, sample
-from worldsim.models.world_model import ModelConfig, WorldModel, to_uint8, to_unit
+from worldsim.models.samplers import SamplerConfig, karras_sigmas, ode_step, onestep, sample
+from worldsim.models.world_model import WorldModel, to_uint8, to_unit
 from worldsim.sim import world_file
 from worldsim.training.train import RunConfig, Trainer
 
@@ -118,17 +117,6 @@ def distance_of(diff: torch.Tensor, distance: str) -> torch.Tensor:
     return pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
 
 
-def teacher_step(teacher: DenoiseFn, x_t, t, r, solver: str) -> torch.Tensor:
-    """One probability-flow ODE step from level t to r < t (Karras et al. 2022, Algorithm 1)."""
-    tb, rb = t.view(-1, *[1] * (x_t.ndim - 1)), r.view(-1, *[1] * (x_t.ndim - 1))
-    d = (x_t - teacher(x_t, t)) / tb
-    x_r = x_t + (rb - tb) * d
-    if solver == "heun":
-        d_r = (x_r - teacher(x_r, r)) / rb
-        x_r = x_t + (rb - tb) * (d + d_r) / 2
-    return x_r
-
-
 def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn, x0, sigmas,
                       generator, solver: str = "heun", distance: str = "pseudo_huber") -> torch.Tensor:  # fmt: skip
     """Consistency distillation loss for clean samples x0 on the discretisation `sigmas`
@@ -141,7 +129,7 @@ def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn,
         x0.shape, generator=generator, device=x0.device
     )
     with torch.no_grad():
-        x_r = teacher_step(teacher, x_t, t, r, solver)
+        x_r = ode_step(teacher, x_t, t, r, heun=solver == "heun")
         f_r = target(x_r, r)
     diff = student(x_t, t) - f_r
     return (distance_of(diff, distance) / (t - r)).mean()
@@ -159,7 +147,7 @@ def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfi
         z = x0 / level + z  # the sampler starts from z * level = x0 + level * noise
     with torch.no_grad():
         target = sample(teacher, z, sampler).clamp(-1, 1).float()
-    diff = onestep(student, z, sampler).float() - target
+    diff = onestep(student, z, sampler.sigma_max).float() - target
     return distance_of(diff, distance).mean()
 
 
@@ -174,7 +162,9 @@ def rollout_loss(student: Callable, frames, act, K: int, unroll: int, sampler: S
     with torch.no_grad():
         for t in range(unroll):
             z = torch.randn(frames[:, 0].shape, generator=generator, device=dev)
-            nxt = onestep(lambda x, s, c=ctx, a=act[:, t : t + K]: student(x, s, c, a), z, sampler)
+            nxt = onestep(
+                lambda x, s, c=ctx, a=act[:, t : t + K]: student(x, s, c, a), z, sampler.sigma_max
+            )
             ctx = torch.cat([ctx[:, 1:], to_unit(to_uint8(nxt.float()))[:, None]], dim=1)
     x0 = frames[:, K + unroll]
     z = torch.randn(x0.shape, generator=generator, device=dev)
@@ -182,7 +172,7 @@ def rollout_loss(student: Callable, frames, act, K: int, unroll: int, sampler: S
         sampler = replace(sampler, sigma_max=level)
         z = x0 / level + z
     a = act[:, unroll : unroll + K]
-    diff = onestep(lambda x, s: student(x, s, ctx, a), z, sampler).float() - x0
+    diff = onestep(lambda x, s: student(x, s, ctx, a), z, sampler.sigma_max).float() - x0
     return distance_of(diff, distance).mean()
 
 
@@ -204,19 +194,19 @@ class Distiller(Trainer):
     min_useful_steps = 100  # (it starts from the teacher: a short distillation still helps)
 
     def __init__(self, cfg: DistillConfig):
-        self.teacher_state, self.teacher_weights = _teacher(Path(cfg.teacher))
+        self.source = world_file.load_source(cfg.teacher)
         if not cfg.data:
-            cfg = replace(cfg, data=self.teacher_state["config"]["data"])
-        game, teacher_game = Dataset.open(cfg.data).meta.get("env_id"), self.teacher_state["env_id"]
+            cfg = replace(cfg, data=self.source.data)
+        game, teacher_game = Dataset.open(cfg.data).meta.get("env_id"), self.source.meta["env_id"]
         if game != teacher_game:  # checked before a run folder or a model is made
             raise DataError(
                 f"{cfg.data}: recorded from {game}, not the teacher's game {teacher_game} "
                 "(data= must come from the teacher's game)"
             )
-        super().__init__(cfg, from_dict(ModelConfig, self.teacher_state["model"]))
-        self.meta["teacher"] = {"run": str(Path(cfg.teacher).resolve()), "step": self.teacher_state["step"],
+        super().__init__(cfg, self.source.model_cfg)
+        self.meta["teacher"] = {"run": str(Path(cfg.teacher).resolve()), "step": self.source.step,
                                 "init": cfg.init or None}  # fmt: skip
-        self.meta["reward_values"] = self.teacher_state["reward_values"]
+        self.meta["reward_values"] = self.source.meta["reward_values"]
         self.levels = multistep_levels(self.cfg)  # where solve/rollout train the multistep sampler
 
     def horizon(self) -> int:
@@ -224,16 +214,16 @@ class Distiller(Trainer):
         return self.cfg.unroll + 1 if self.cfg.target == "rollout" else 1
 
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
-        st = self.teacher_state
+        st = self.source.meta
         teacher = WorldModel(self.model_cfg, len(st["action_meanings"]), st["reward_values"])
-        files.load_weights(teacher, self.teacher_weights, Path(self.cfg.teacher))
+        files.load_weights(teacher, self.source.weights(), self.source.weights_path)
         self.teacher = teacher.denoiser.to(self.device).eval().requires_grad_(False)
         student = Denoiser(
             self.model_cfg.denoiser, len(st["action_meanings"]), parameterization="consistency"
         )
         student.load_state_dict(teacher.denoiser.state_dict())  # start from the teacher's EMA
         if self.cfg.init:
-            path = Path(self.cfg.init) / "student.safetensors"
+            path = world_file.load_source(self.cfg.init).student_path
             weights = {k: v.float() for k, v in files.load_tensors(path).items()}
             files.load_weights(student, weights, path)
         return student
@@ -277,24 +267,6 @@ class Distiller(Trainer):
             "onestep", sigma_min=self.cfg.sigma_min, sigma_max=self.cfg.sigma_max
         )
         write_sample_grid(self.ema, self.test_data or self.train_data, path, self.device, sampler)
-
-
-def _teacher(path: Path) -> tuple[dict, dict]:
-    """(state, fp32 weights) of a teacher run's latest EMA, or of a world folder's teacher."""
-    if (path / "world.json").is_file():
-        meta = files.load_json(path / "world.json")
-        weights = files.load_tensors(path / "teacher.safetensors")
-        state = {"step": meta["source"]["step"], "model": meta["model"], "env_id": meta["env_id"],
-                 "action_meanings": meta["action_meanings"], "reward_values": meta["reward_values"],
-                 "config": {"data": meta["source"]["data"]}}  # fmt: skip
-        return state, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-    if not (path / "latest").is_file():
-        raise files.CheckpointError(
-            f"{path}: not a teacher (expected a run folder with a 'latest' file, or a world "
-            "folder with world.json)"
-        )
-    latest = world_file.latest_checkpoint(path)
-    return files.load_json(latest / "state.json"), files.load_tensors(latest / "ema.safetensors")
 
 
 def distill(cfg: DistillConfig) -> Path:

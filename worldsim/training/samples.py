@@ -12,7 +12,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.models.denoiser import Denoiser
 from worldsim.models.samplers import SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
-from worldsim.sim.world import next_frame
+from worldsim.sim.world import Sampler
 
 EULER_3 = SamplerConfig("euler", steps=3)
 
@@ -25,7 +25,7 @@ def write_sample_grid(denoiser: Denoiser, data: SegmentSampler, path: Path, devi
     batch = data.sample(rows, np.random.default_rng(0))
     obs = batch.obs.to(device)
     gen = torch.Generator(device).manual_seed(0)
-    pred = next_frame(denoiser, to_unit(obs[:, :K]), batch.act[:, :K].to(device), sampler, gen)
+    pred = Sampler(denoiser, sampler)(to_unit(obs[:, :K]), batch.act[:, :K].to(device), gen)
     tiles = torch.cat(
         [obs[:, :K], to_uint8(pred)[:, None], obs[:, K : K + 1]], dim=1
     )  # (B, K+2, 3, H, W)

@@ -537,33 +537,31 @@ def _plain(cfg) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def _init_from(model: WorldModel, src: Path, reward_values: list[float]) -> None:
+def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> None:
     """Load `model`'s denoiser from a world or run folder, and its reward/end model when its
     config and reward values match; a denoiser of another config is refused."""
-    from worldsim.config import from_dict
-    from worldsim.sim.world_file import resolve
-
-    if not (src / "latest").is_file():  # not a run: a world folder or a shipped world's name
-        src = resolve(src)
-    if (src / "world.json").is_file():
-        meta, path = files.load_json(src / "world.json"), src / "teacher.safetensors"
-    else:
-        path = world_file.latest_checkpoint(src)
-        meta, path = files.load_json(path / "state.json"), path / "ema.safetensors"
-    other = from_dict(ModelConfig, meta["model"])
+    src = world_file.load_source(path)
+    other = src.model_cfg
     if other.denoiser != model.cfg.denoiser:
         raise files.CheckpointError(
-            f"{src}: its denoiser config differs from this run's model config ({other.denoiser})"
+            f"{path}: its denoiser config differs from this run's model config ({other.denoiser})"
         )
-    weights = {k: v.float() for k, v in files.load_tensors(path).items()}
+    weights = src.weights()
     part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("denoiser.")}
-    files.load_weights(model.denoiser, part, path)
-    if other.reward == model.cfg.reward and meta["reward_values"] == reward_values:
+    files.load_weights(model.denoiser, part, src.weights_path)
+    if other.reward == model.cfg.reward and src.meta["reward_values"] == reward_values:
         part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("reward.")}
-        files.load_weights(model.reward, part, path)
+        files.load_weights(model.reward, part, src.weights_path)
+    elif other.reward != model.cfg.reward:
+        print(
+            f"init: denoiser from {path}; the reward/end model starts fresh (its config "
+            f"{other.reward} differs from this run's {model.cfg.reward})"
+        )
     else:
-        print(f"init: denoiser from {src}; the reward/end model starts fresh (its config or "
-              f"reward values differ from {src}'s)")  # fmt: skip
+        print(
+            f"init: denoiser from {path}; the reward/end model starts fresh (its reward values "
+            f"{src.meta['reward_values']} differ from this data's {reward_values})"
+        )
 
 
 def _reward_values(data: SegmentSampler) -> list[float]:
