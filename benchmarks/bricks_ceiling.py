@@ -110,12 +110,17 @@ def main() -> None:
             avg = np.stack(draws).astype(np.float32).mean(0).round().astype(np.uint8)
             mean.append(moving_psnr(avg, real, last))
             last_frame.append(moving_psnr(np.stack([last] * H), real, last))
-    print(f"Bricks, {len(sampler)} starts from {ep} fresh episodes of the scripted policy, "
-          f"{args.draws} consistent states each ({skipped} starts skipped: none found)\n")  # fmt: skip
+    print(
+        f"Bricks, {len(sampler)} starts from {ep} fresh episodes of the scripted policy, "
+        f"{args.draws} consistent states each ({skipped} starts skipped: none found)\n"
+    )
     print("| moving-pixel PSNR (dB) | " + " | ".join(f"h{h}" for h in HORIZONS) + " |")
     print("|---|" + "---|" * len(HORIZONS))
-    for name, rows in (("perfect sampler", sampler), (f"mean of the {args.draws} draws", mean),
-                       ("copy last frame", last_frame)):  # fmt: skip
+    for name, rows in (
+        ("perfect sampler", sampler),
+        (f"mean of the {args.draws} draws", mean),
+        ("copy last frame", last_frame),
+    ):
         r = np.array(rows)
         print(
             f"| {name} | " + " | ".join(f"{np.nanmean(r[:, h - 1]):.1f}" for h in HORIZONS) + " |"

@@ -35,15 +35,23 @@ def main() -> None:
     if args.envs < 1 or args.steps < 1:
         p.error(f"--envs and --steps must be >= 1, got {args.envs}, {args.steps}")
     try:
-        venv = WorldModelVectorEnv(args.envs, args.world, max_episode_steps=10**9,
-                                   autoreset_mode="same_step", precision=args.precision,
-                                   end_on_life_loss=args.life_loss)  # fmt: skip
+        venv = WorldModelVectorEnv(
+            args.envs,
+            args.world,
+            max_episode_steps=10**9,
+            autoreset_mode="same_step",
+            precision=args.precision,
+            end_on_life_loss=args.life_loss,
+        )
     except (OSError, ValueError) as e:
         p.error(str(e))
     bundle, meanings = venv.bundle, venv.get_action_meanings()
-    print(f"world {bundle.path}, {args.envs} envs x {args.steps} steps per policy, "
-          f"torch {torch.__version__}, {args.precision}"
-          + (", a lost life counts as an end" if args.life_loss else "") + "\n")  # fmt: skip
+    print(
+        f"world {bundle.path}, {args.envs} envs x {args.steps} steps per policy, "
+        f"torch {torch.__version__}, {args.precision}"
+        + (", a lost life counts as an end" if args.life_loss else "")
+        + "\n"
+    )
     print("| policy | ends / 1k steps, world | real | reward / 1k steps, world | real |")
     print("|---|---|---|---|---|")
     for hold in [None, *range(len(meanings))]:

@@ -47,8 +47,10 @@ def main() -> None:
         if (t + 1) % 4 == 0:
             strips.append(obs[:8].copy())
     venv.close()
-    print(f"{args.world}: {ended.sum()} of {args.rollouts} dreams ended or lost a life within "
-          f"{args.steps} steps ({100 * ended.mean():.1f}%)")  # fmt: skip
+    print(
+        f"{args.world}: {ended.sum()} of {args.rollouts} dreams ended or lost a life within "
+        f"{args.steps} steps ({100 * ended.mean():.1f}%)"
+    )
     if args.png:
         import cv2
 

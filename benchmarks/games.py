@@ -38,8 +38,19 @@ def collect_seconds(steps: int, workers: int) -> float:
     out = tempfile.mkdtemp()
     try:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "worldsim", "collect", f"out={out}/d", f"steps={steps}",
-                        f"workers={workers}"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worldsim",
+                "collect",
+                f"out={out}/d",
+                f"steps={steps}",
+                f"workers={workers}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - t
     finally:
         shutil.rmtree(out)
@@ -60,13 +71,15 @@ def main() -> None:
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     secs = collect_seconds(args.collect, workers=2)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
     )
     print("| measure | result |\n|---|---|")
     for env_id, sps in rows:
         print(f"| {env_id} random play, 1 core | {sps:,.0f} steps/s |")
     print(
-        f"| collect {args.collect:,} Bricks steps to disk (scripted policy, 2 workers) | {secs:.1f} s |"
+        f"| collect {args.collect:,} Bricks steps to disk (scripted policy, 2 workers) "
+        f"| {secs:.1f} s |"
     )
 
 

@@ -86,8 +86,10 @@ def main() -> None:
         "random": score(lambda o: int(rng.integers(4)), bundle, cfg),
     }
     Path(f"{out}.json").write_text(json.dumps(report, indent=1))
-    print(f"{report['steps']} steps in {report['minutes']:.1f} min, "
-          f"{wrapped.losses} lives lost in the dream")  # fmt: skip
+    print(
+        f"{report['steps']} steps in {report['minutes']:.1f} min, "
+        f"{wrapped.losses} lives lost in the dream"
+    )
     print(summary(report))
 
 

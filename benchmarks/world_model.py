@@ -63,8 +63,19 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=64, help="held-out starting points")
     args = p.parse_args()
     if args.train_minutes:
-        subprocess.run([sys.executable, "-m", "worldsim", "train", f"data={args.data}", f"out={args.run}",
-                        f"minutes={args.train_minutes}", "steps=1000000"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worldsim",
+                "train",
+                f"data={args.data}",
+                f"out={args.run}",
+                f"minutes={args.train_minutes}",
+                "steps=1000000",
+            ],
+            check=True,
+        )
     model, state = load_run(Path(args.run))
     K = model.cfg.denoiser.context
     test = SegmentSampler(Dataset.open(state["config"]["data"]), "test", K, horizon=max(HORIZONS))
@@ -88,10 +99,13 @@ def main() -> None:
     log = [json.loads(line) for line in open(Path(args.run) / "log.jsonl")]
     sps = np.median([r["samples_per_s"] for r in log[10:]] or [float("nan")])
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
     )
-    print(f"run: {args.run}, step {state['step']}, {log[-1]['time'] / 60:.0f} min of training, "
-          f"{sps:.1f} training samples/s (median), {args.starts} held-out starts")  # fmt: skip
+    print(
+        f"run: {args.run}, step {state['step']}, {log[-1]['time'] / 60:.0f} min of training, "
+        f"{sps:.1f} training samples/s (median), {args.starts} held-out starts"
+    )
     cols = (
         " | ".join(f"whole h{h}" for h in HORIZONS)
         + " | "

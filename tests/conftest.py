@@ -26,14 +26,23 @@ def bricks_data(tmp_path_factory):
 def bricks32(tmp_path_factory):
     """Bricks scaled down to 32x32 for quick training runs (6,000 steps, a quarter held out)."""
     out = tmp_path_factory.mktemp("data") / "bricks32"
-    cfg = load_config("collect", CollectConfig, [f"out={out}", "steps=6000", "workers=1",
-                                                 "test_fraction=0.25", "env.frame_size=32"])  # fmt: skip
+    cfg = load_config(
+        "collect",
+        CollectConfig,
+        [f"out={out}", "steps=6000", "workers=1", "test_fraction=0.25", "env.frame_size=32"],
+    )
     return collect(cfg)
 
 
 # a tiny world model that learns Bricks-32 in about a minute on 2 cores
-TINY_TRAIN = ["model=tiny", "optim.lr=1e-3", "optim.warmup=20", "ema=0.95", "eval_every=100000",
-              "sample_every=100000"]  # fmt: skip
+TINY_TRAIN = [
+    "model=tiny",
+    "optim.lr=1e-3",
+    "optim.warmup=20",
+    "ema=0.95",
+    "eval_every=100000",
+    "sample_every=100000",
+]
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +51,18 @@ def small_run(bricks32, tmp_path_factory):
     from worldsim.training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("runs") / "small"
-    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={run}", *TINY_TRAIN,
-                                             "steps=2", "ckpt_every=2", "batch_size=4"])  # fmt: skip
+    cfg = load_config(
+        "train",
+        TrainConfig,
+        [
+            f"data={bricks32.root}",
+            f"out={run}",
+            *TINY_TRAIN,
+            "steps=2",
+            "ckpt_every=2",
+            "batch_size=4",
+        ],
+    )
     return train(cfg)
 
 
@@ -54,8 +73,13 @@ def tiny_world(small_run, tmp_path_factory):
     from worldsim.training.distill import DistillConfig, distill
 
     root = tmp_path_factory.mktemp("worlds")
-    student = distill(load_config("distill", DistillConfig, [f"teacher={small_run}", f"out={root / 'student'}",
-                                                             "steps=1", "batch_size=2"]))  # fmt: skip
+    student = distill(
+        load_config(
+            "distill",
+            DistillConfig,
+            [f"teacher={small_run}", f"out={root / 'student'}", "steps=1", "batch_size=2"],
+        )
+    )
     return bundle(
         BundleConfig(run=str(small_run), student=str(student), out=str(root / "world"), starts=4)
     )

@@ -20,9 +20,15 @@ def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) ->
     0 leaves. With `end_frame`, each episode's last frame is red: an end, rare (1 in
     `length`) but visible."""
     rng = np.random.default_rng(seed)
-    ds = Dataset.create_or_append(root, env_id="test/Dot-v0", env="dot", test_fraction=0.25,
-                                  action_meanings=["NOOP", "LEFT", "RIGHT", "UP", "DOWN"],
-                                  frame_size=[size, size], lives=False)  # fmt: skip
+    ds = Dataset.create_or_append(
+        root,
+        env_id="test/Dot-v0",
+        env="dot",
+        test_fraction=0.25,
+        action_meanings=["NOOP", "LEFT", "RIGHT", "UP", "DOWN"],
+        frame_size=[size, size],
+        lives=False,
+    )
     moves = {0: (0, 0), 1: (0, -2), 2: (0, 2), 3: (-2, 0), 4: (2, 0)}
     for ep in range(episodes):
         y, x = rng.integers(4, size - 4, 2)
@@ -38,8 +44,17 @@ def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) ->
                 y, x = int(np.clip(y + dy, 0, size - 2)), int(np.clip(x + dx, 0, size - 2))
         term = np.zeros(length, bool)
         term[-1] = end_frame
-        ds.add(ep, Episode(np.stack(frames), actions.astype(np.int64), np.zeros(length, np.float32),
-                           term, np.zeros(length, bool)), "random")  # fmt: skip
+        ds.add(
+            ep,
+            Episode(
+                np.stack(frames),
+                actions.astype(np.int64),
+                np.zeros(length, np.float32),
+                term,
+                np.zeros(length, bool),
+            ),
+            "random",
+        )
     return ds
 
 
@@ -94,8 +109,9 @@ def test_a_run_folder_works_from_another_directory(bricks32, tmp_path, monkeypat
     here.mkdir(), elsewhere.mkdir()
     (here / "data").symlink_to(bricks32.root)
     monkeypatch.chdir(here)
-    cfg = load_config("train", TrainConfig, ["data=data", "out=runs/r", *TINY_TRAIN, "steps=2",
-                                             "batch_size=4"])  # fmt: skip
+    cfg = load_config(
+        "train", TrainConfig, ["data=data", "out=runs/r", *TINY_TRAIN, "steps=2", "batch_size=4"]
+    )
     train(cfg)
     monkeypatch.chdir(elsewhere)
     world = bundle(BundleConfig(run=str(here / "runs" / "r"), out="w", starts=2))
@@ -106,9 +122,21 @@ def test_a_run_folder_works_from_another_directory(bricks32, tmp_path, monkeypat
 
 
 def test_ema_ramps_up_so_a_short_run_keeps_what_it_learned(bricks32, tmp_path):
-    trainer = Trainer(load_config("train", TrainConfig, [
-        f"data={bricks32.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "ema=0.999", "steps=30",
-        "batch_size=4", "optim.lr=3e-3"]))  # fmt: skip
+    trainer = Trainer(
+        load_config(
+            "train",
+            TrainConfig,
+            [
+                f"data={bricks32.root}",
+                f"out={tmp_path / 'r'}",
+                *TINY_TRAIN,
+                "ema=0.999",
+                "steps=30",
+                "batch_size=4",
+                "optim.lr=3e-3",
+            ],
+        )
+    )
     # EDM's ramp-up: the half-life is at most 5% of the steps so far, and the decay set in
     # `ema` once the run is long enough for it
     assert trainer.ema_decay_at(0) == pytest.approx(0.5**20)
@@ -125,9 +153,21 @@ def test_ema_ramps_up_so_a_short_run_keeps_what_it_learned(bricks32, tmp_path):
 
 
 def test_warmup_and_progress_total_follow_a_time_budget(bricks32, tmp_path):
-    trainer = Trainer(load_config("train", TrainConfig, [
-        f"data={bricks32.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=100000",
-        "minutes=10", "optim.warmup=200", "optim.lr=1e-3"]))  # fmt: skip
+    trainer = Trainer(
+        load_config(
+            "train",
+            TrainConfig,
+            [
+                f"data={bricks32.root}",
+                f"out={tmp_path / 'r'}",
+                *TINY_TRAIN,
+                "steps=100000",
+                "minutes=10",
+                "optim.warmup=200",
+                "optim.lr=1e-3",
+            ],
+        )
+    )
     assert trainer.planned_steps() == 100_000  # nothing measured yet
     assert trainer.lr_at(0) == pytest.approx(1e-3 / 200)
     trainer.step, trainer.elapsed = 100, 60.0  # 0.6 s a step: 900 more in the 9 minutes left
@@ -139,8 +179,19 @@ def test_warmup_and_progress_total_follow_a_time_budget(bricks32, tmp_path):
 
 
 def test_a_short_time_budget_says_how_far_it_got(bricks32, tmp_path, capsys):
-    train(load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path / 'r'}",
-                                             *TINY_TRAIN, "minutes=0.02", "batch_size=4"]))  # fmt: skip
+    train(
+        load_config(
+            "train",
+            TrainConfig,
+            [
+                f"data={bricks32.root}",
+                f"out={tmp_path / 'r'}",
+                *TINY_TRAIN,
+                "minutes=0.02",
+                "batch_size=4",
+            ],
+        )
+    )
     err = capsys.readouterr()
     assert "steps in 0.0 min" in err.out
     assert "too few for a useful world" in err.err and "resume=true" in err.err
@@ -177,8 +228,12 @@ def test_inverse_dynamics_tells_a_world_that_follows_the_keys_from_one_that_does
     shifts = {0: (0, 0), 1: (0, -2), 2: (0, 2), 3: (-2, 0), 4: (2, 0)}
 
     def follows(ctx, act):  # the game's own rule, as a perfect world would draw it
-        return torch.stack([torch.roll(f[-1], shifts[int(a)], dims=(1, 2))
-                            for f, a in zip(ctx, act[:, -1], strict=True)])  # fmt: skip
+        return torch.stack(
+            [
+                torch.roll(f[-1], shifts[int(a)], dims=(1, 2))
+                for f, a in zip(ctx, act[:, -1], strict=True)
+            ]
+        )
 
     def ignores(ctx, act):  # a world that draws the dot where it was
         return ctx[:, -1]
@@ -213,8 +268,10 @@ def test_a_folder_of_videos_and_action_files_imports_and_trains(tmp_path):
         if i == 0:  # an .npy of actions
             np.save(folder / f"play{i}.npy", ep.actions)
         else:  # a CSV with a header, rewards and ends
-            rows = ["action,reward,terminated"] + [f"{a},{r},{int(t)}" for a, r, t in
-                                                   zip(ep.actions, ep.rewards, ep.terminated, strict=True)]  # fmt: skip
+            rows = ["action,reward,terminated"] + [
+                f"{a},{r},{int(t)}"
+                for a, r, t in zip(ep.actions, ep.rewards, ep.terminated, strict=True)
+            ]
             (folder / f"play{i}.csv").write_text("\n".join(rows) + "\n")
     (folder / "actions.json").write_text('["NOOP", "LEFT", "RIGHT", "UP", "DOWN"]')
     ds = import_videos(folder, tmp_path / "imported", frame_size=32, test_fraction=0.34)
@@ -222,19 +279,27 @@ def test_a_folder_of_videos_and_action_files_imports_and_trains(tmp_path):
     got, real = ds.load(ds.entries()[1]), src.load(src.entries()[1])
     assert np.array_equal(got.actions, real.actions) and got.frames.shape == real.frames.shape
     assert np.abs(got.frames.astype(int) - real.frames).mean() < 8  # a lossy codec, same frames
-    train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
-                                             *TINY_TRAIN, "steps=2", "batch_size=4"]))  # fmt: skip
+    train(
+        load_config(
+            "train",
+            TrainConfig,
+            [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=2", "batch_size=4"],
+        )
+    )
 
 
 @pytest.mark.parametrize(
     "problem, message",
     [
         ("no_actions", r"play0.mp4: no action file beside it"),
-        ("short", r"play0.csv: 39 actions for a video of 41 frames; expected one action per step \(40\)"),
+        (
+            "short",
+            r"play0.csv: 39 actions for a video of 41 frames; expected one action per step \(40\)",
+        ),
         ("text", r"play0.csv: column 'action' holds a value that is not a number"),
         ("header", r"play0.csv: expected a header row with an 'action' column"),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_recording_is_one_clear_error_and_nothing_is_written(
     tmp_path, problem, message
 ):
@@ -271,7 +336,12 @@ def test_minari_export_and_import_round_trip_and_train(bricks32, tmp_path, monke
     assert len(ds.entries()) == len(bricks32.entries())
     a, b = ds.load(ds.entries()[0]), bricks32.load(bricks32.entries()[0])
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)  # lossless
-    train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
-                                             *TINY_TRAIN, "steps=2", "batch_size=4"]))  # fmt: skip
+    train(
+        load_config(
+            "train",
+            TrainConfig,
+            [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=2", "batch_size=4"],
+        )
+    )
     with pytest.raises(ValueError, match="no local Minari dataset 'nope'"):
         import_minari("nope", tmp_path / "other")

@@ -1,4 +1,4 @@
-"""World bundles: self-contained, loadable by path, and refused with one clear message when damaged."""
+"""World bundles: self-contained, loadable by path, refused with one clear message when damaged."""
 
 import json
 

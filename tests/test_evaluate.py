@@ -13,13 +13,31 @@ from worldsim.evaluation.evaluate import EvalConfig, evaluate
 def test_eval_writes_report_plot_and_video(tiny_world, tmp_path, capsys):
     out = tmp_path / "eval"
     # (a short inverse-dynamics fit and free play: their own tests check what they measure)
-    assert main(["eval", f"world={tiny_world}", "starts=2", "horizon=3", f"out={out}",
-                 "idm_steps=20", "rules_steps=12"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                f"world={tiny_world}",
+                "starts=2",
+                "horizon=3",
+                f"out={out}",
+                "idm_steps=20",
+                "rules_steps=12",
+            ]
+        )
+        == 0
+    )
     assert "copy last frame" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     names = set(report["samplers"])
-    assert {"copy last frame", "student onestep 1", "student multistep 2", "teacher euler 1", "teacher euler 3",
-            "teacher euler 10"} == names  # fmt: skip
+    assert {
+        "copy last frame",
+        "student onestep 1",
+        "student multistep 2",
+        "teacher euler 1",
+        "teacher euler 3",
+        "teacher euler 10",
+    } == names
     for name, r in report["samplers"].items():
         ar = r["autoregressive"]
         assert all(len(ar[k]) == 3 for k in ("psnr", "psnr_moving", "ssim", "sharpness_ratio")), (

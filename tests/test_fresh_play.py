@@ -9,8 +9,11 @@ from worldsim.data.collect import CollectConfig, collect
 
 
 def _collect(out, *overrides):
-    return collect(load_config("collect", CollectConfig, [f"out={out}", "workers=1",
-                                                          "env.frame_size=32", *overrides]))  # fmt: skip
+    return collect(
+        load_config(
+            "collect", CollectConfig, [f"out={out}", "workers=1", "env.frame_size=32", *overrides]
+        )
+    )
 
 
 def test_mix_records_which_policy_played_each_episode(tmp_path):
@@ -35,9 +38,22 @@ def test_eval_on_fresh_play_of_another_policy(tiny_world, tmp_path):
     from worldsim.evaluation.evaluate import EvalConfig, evaluate
 
     out = tmp_path / "eval"
-    report = evaluate(load_config("eval", EvalConfig, [
-        f"world={tiny_world}", f"out={out}", "policy=random", "play_steps=300", "starts=4",
-        "horizon=2", "idm_steps=5", "samplers=[{name:euler,steps:1}]"]))  # fmt: skip
+    report = evaluate(
+        load_config(
+            "eval",
+            EvalConfig,
+            [
+                f"world={tiny_world}",
+                f"out={out}",
+                "policy=random",
+                "play_steps=300",
+                "starts=4",
+                "horizon=2",
+                "idm_steps=5",
+                "samplers=[{name:euler,steps:1}]",
+            ],
+        )
+    )
     assert report["policy"] == "random"
     manifest = json.loads((out / "play-random-seed0" / "manifest.json").read_text())
     assert {e["policy"] for e in manifest["episodes"]} == {"random"}

@@ -10,8 +10,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # lowest first; a module may import from its own layer or any layer below it
 LAYERS = [
-    ("foundations", ("worldsim", "worldsim.config", "worldsim.runtime", "worldsim.files",
-                     "worldsim.games", "worldsim.policies", "worldsim_envs", "worldsim_configs")),
+    (
+        "foundations",
+        (
+            "worldsim",
+            "worldsim.config",
+            "worldsim.runtime",
+            "worldsim.files",
+            "worldsim.games",
+            "worldsim.policies",
+            "worldsim_envs",
+            "worldsim_configs",
+        ),
+    ),
     ("data", ("worldsim.data",)),
     ("models", ("worldsim.models",)),
     ("sim", ("worldsim.sim",)),
@@ -19,7 +30,7 @@ LAYERS = [
     ("evaluation", ("worldsim.evaluation",)),
     ("apps", ("worldsim.play", "worldsim.rl", "worldsim.pipeline")),
     ("entry", ("worldsim.cli", "worldsim.__main__")),
-]  # fmt: skip
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -106,9 +117,11 @@ def test_a_human_render_env_pulls_in_no_window_until_it_draws():
     seen = (
         "sorted(m for m in ('pygame', 'worldsim.play', 'worldsim.sim.window') if m in sys.modules)"
     )
-    code = ("import sys, worldsim, gymnasium as gym; "
-            f"env = gym.make('worldsim/World-v0', render_mode='human'); print({seen}); "
-            f"env.reset(seed=0); print({seen})")  # fmt: skip
+    code = (
+        "import sys, worldsim, gymnasium as gym; "
+        f"env = gym.make('worldsim/World-v0', render_mode='human'); print({seen}); "
+        f"env.reset(seed=0); print({seen})"
+    )
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-1000:]

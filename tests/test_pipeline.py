@@ -5,11 +5,21 @@ import pytest
 from worldsim.cli import main
 from worldsim.config import load_config
 
-TINY = ["env.frame_size=32", "preset.collect_steps=2500", "preset.test_fraction=0.34", "preset.train_steps=3", "preset.distill_steps=2",
-        "preset.batch_size=4", "preset.eval_starts=2", "preset.eval_horizon=2",
-        "preset.model.denoiser.context=2", "preset.model.denoiser.unet.channels=[8,16]",
-        "preset.model.denoiser.unet.attention=[false,false]", "preset.model.denoiser.unet.cond_dim=32",
-        "preset.model.reward.channels=[8,8]"]  # fmt: skip
+TINY = [
+    "env.frame_size=32",
+    "preset.collect_steps=2500",
+    "preset.test_fraction=0.34",
+    "preset.train_steps=3",
+    "preset.distill_steps=2",
+    "preset.batch_size=4",
+    "preset.eval_starts=2",
+    "preset.eval_horizon=2",
+    "preset.model.denoiser.context=2",
+    "preset.model.denoiser.unet.channels=[8,16]",
+    "preset.model.denoiser.unet.attention=[false,false]",
+    "preset.model.denoiser.unet.cond_dim=32",
+    "preset.model.reward.channels=[8,8]",
+]
 
 
 def test_pipeline_makes_a_playable_world_and_resumes(tmp_path, capsys):
@@ -46,9 +56,11 @@ def test_pipeline_makes_a_playable_world_and_resumes(tmp_path, capsys):
 def test_preset_values_are_checked_before_any_stage_runs(tmp_path):
     from worldsim.pipeline import PipelineConfig, _complete_run
 
-    for bad, msg in (("preset.eval_horizon=0", "preset.eval_horizon must be >= 1"),
-                     ("preset.train_minutes=-1", "preset.train_minutes must be >= 0"),
-                     ("preset.test_fraction=1.5", "preset.test_fraction must be in")):  # fmt: skip
+    for bad, msg in (
+        ("preset.eval_horizon=0", "preset.eval_horizon must be >= 1"),
+        ("preset.train_minutes=-1", "preset.train_minutes must be >= 0"),
+        ("preset.test_fraction=1.5", "preset.test_fraction must be in"),
+    ):
         with pytest.raises(ValueError, match=msg):
             load_config("pipeline", PipelineConfig, [f"root={tmp_path}", bad])
     # with no time budget (minutes=0) a run is complete only when it reached its steps

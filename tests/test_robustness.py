@@ -29,8 +29,19 @@ def _finite(path):
 
 def test_a_diverging_run_stops_in_one_line_and_keeps_finite_checkpoints(bricks32, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", f"data={bricks32.root}", f"out={run}", *TINY_TRAIN, "optim.lr=1e12",
-                 "optim.warmup=0", "ckpt_every=2", "steps=200", "batch_size=4"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            f"data={bricks32.root}",
+            f"out={run}",
+            *TINY_TRAIN,
+            "optim.lr=1e12",
+            "optim.warmup=0",
+            "ckpt_every=2",
+            "steps=200",
+            "batch_size=4",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 2 and "run saved" not in out
     errors = [line for line in err.splitlines() if line.startswith("worldsim train: error")]
@@ -84,8 +95,13 @@ def test_a_pointer_or_state_file_that_cannot_be_trusted_is_refused(small_run, tm
     meta = json.loads(state.read_text())
     del meta["step"]
     state.write_text(json.dumps(meta))
-    trainer = Trainer(load_config("train", TrainConfig, [f"data={meta['config']['data']}",
-                                                         f"out={tmp_path / 'other'}", "model=tiny"]))  # fmt: skip
+    trainer = Trainer(
+        load_config(
+            "train",
+            TrainConfig,
+            [f"data={meta['config']['data']}", f"out={tmp_path / 'other'}", "model=tiny"],
+        )
+    )
     with pytest.raises(files.CheckpointError, match="state.json: 'step' is missing"):
         trainer.load(world_file.latest_checkpoint(run))
     state.write_text("[1, 2]")
@@ -109,9 +125,15 @@ def _mutations(meta: dict):
                 yield f"{key}={bad!r}", json.dumps({**meta, key: bad})
     m = json.loads(json.dumps(meta))
     den = m["model"]["denoiser"]
-    for path, bad in ((("sigma_data",), float("nan")), (("context",), 10**9), (("context",), 0),
-                      (("unet", "channels"), [10**6, 10**6, 10**6]), (("unet", "cond_dim"), 10**7),
-                      (("unet", "blocks"), 10**5), (("P_std",), float("inf"))):  # fmt: skip
+    for path, bad in (
+        (("sigma_data",), float("nan")),
+        (("context",), 10**9),
+        (("context",), 0),
+        (("unet", "channels"), [10**6, 10**6, 10**6]),
+        (("unet", "cond_dim"), 10**7),
+        (("unet", "blocks"), 10**5),
+        (("P_std",), float("inf")),
+    ):
         c = json.loads(json.dumps(m))
         d = c["model"]["denoiser"]
         for k in path[:-1]:
@@ -125,8 +147,12 @@ def _mutations(meta: dict):
         "channels as text",
         json.dumps({**m, "model": {**m["model"], "reward": {"channels": "64"}}}),
     )
-    yield "student without file", json.dumps({**meta, "student": {"run": "r", "step": 1,
-                                                                   "sigma_min": 0.002, "sigma_max": 5.0}})  # fmt: skip
+    yield (
+        "student without file",
+        json.dumps(
+            {**meta, "student": {"run": "r", "step": 1, "sigma_min": 0.002, "sigma_max": 5.0}}
+        ),
+    )
     yield "frame size 1e6", json.dumps({**meta, "frame_size": [10**6, 10**6]})
     yield "thresholds NaN", json.dumps({**meta, "thresholds": {"end": float("nan")}})
 
@@ -170,11 +196,20 @@ def test_a_bad_starts_file_is_refused(tiny_world, tmp_path):
     from worldsim.sim.world_file import load_world
 
     cases = {
-        "zero starts": {"frames": torch.zeros(0, 32, 32, 3, dtype=torch.uint8), "actions": torch.zeros(0, 2, dtype=torch.long)},
-        "float frames": {"frames": torch.zeros(2, 32, 32, 3), "actions": torch.zeros(2, 2, dtype=torch.long)},
-        "action out of range": {"frames": torch.zeros(2, 32, 32, 3, dtype=torch.uint8), "actions": torch.full((2, 2), 99)},
+        "zero starts": {
+            "frames": torch.zeros(0, 32, 32, 3, dtype=torch.uint8),
+            "actions": torch.zeros(0, 2, dtype=torch.long),
+        },
+        "float frames": {
+            "frames": torch.zeros(2, 32, 32, 3),
+            "actions": torch.zeros(2, 2, dtype=torch.long),
+        },
+        "action out of range": {
+            "frames": torch.zeros(2, 32, 32, 3, dtype=torch.uint8),
+            "actions": torch.full((2, 2), 99),
+        },
         "missing actions": {"frames": torch.zeros(2, 32, 32, 3, dtype=torch.uint8)},
-    }  # fmt: skip
+    }
     for i, tensors in enumerate(cases.values()):
         world = tmp_path / f"w{i}"
         shutil.copytree(tiny_world, world)
@@ -273,10 +308,24 @@ def test_sigterm_ends_play_and_keeps_the_recording(tiny_world, tmp_path):
 
     out = tmp_path / "rec"
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
-    proc = subprocess.Popen([sys.executable, "play.py", f"world={tiny_world}", "headless=true",
-                             "policy=random", "frames=1000000", "fps=30", "record=true", f"out={out}"],
-                            cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "play.py",
+            f"world={tiny_world}",
+            "headless=true",
+            "policy=random",
+            "frames=1000000",
+            "fps=30",
+            "record=true",
+            f"out={out}",
+        ],
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert _wait_for(lambda: (out / "episodes").exists() or proc.poll() is not None)
     import time
 
@@ -351,8 +400,18 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(bricks32, tmp_path, monk
     run = tmp_path / "run"
     train(config(bricks32, run, "steps=2", "ckpt_every=2", "batch_size=4"))
     _fill_disk_after(monkeypatch, 0)
-    code = main(["train", f"data={bricks32.root}", f"out={run}", *TINY_TRAIN, "steps=4",
-                 "ckpt_every=2", "batch_size=4", "resume=true"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            f"data={bricks32.root}",
+            f"out={run}",
+            *TINY_TRAIN,
+            "steps=4",
+            "ckpt_every=2",
+            "batch_size=4",
+            "resume=true",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "no space left on device" in err and "Traceback" not in err
     monkeypatch.undo()
@@ -402,8 +461,20 @@ def test_no_held_out_episodes_says_why_instead_of_nan(tmp_path, capsys):
     for e in ds.meta["episodes"]:
         e["split"] = "train"
     ds._write_manifest()
-    train(load_config("train", TrainConfig, [f"data={ds.root}", f"out={tmp_path / 'r'}",
-                                             *TINY_TRAIN, "steps=2", "batch_size=4", "eval_every=1"]))  # fmt: skip
+    train(
+        load_config(
+            "train",
+            TrainConfig,
+            [
+                f"data={ds.root}",
+                f"out={tmp_path / 'r'}",
+                *TINY_TRAIN,
+                "steps=2",
+                "batch_size=4",
+                "eval_every=1",
+            ],
+        )
+    )
     out = capsys.readouterr()
     assert "no held-out (test) episodes" in out.out and "nan" not in out.out + out.err
 
@@ -417,8 +488,12 @@ def test_a_shipped_worlds_report_is_not_written_into_the_package(tmp_path):
 
 
 def test_headless_play_says_how_long_it_will_take(tiny_world, capsys):
-    assert main(["play", f"world={tiny_world}", "headless=true", "policy=random", "frames=4",
-                 "fps=100"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["play", f"world={tiny_world}", "headless=true", "policy=random", "frames=4", "fps=100"]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "4 frames at 100 fps (about 0 s)" in out.out and "play: 100%" in out.err
 
@@ -427,8 +502,18 @@ def test_a_full_disk_while_playing_says_so_and_play_goes_on(
     tiny_world, tmp_path, monkeypatch, capsys
 ):
     _fill_disk_after(monkeypatch, 0)
-    code = main(["play", f"world={tiny_world}", "headless=true", "policy=random", "frames=6",
-                 "fps=0", "record=true", f"out={tmp_path / 'rec'}"])  # fmt: skip
+    code = main(
+        [
+            "play",
+            f"world={tiny_world}",
+            "headless=true",
+            "policy=random",
+            "frames=6",
+            "fps=0",
+            "record=true",
+            f"out={tmp_path / 'rec'}",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "played 6 frames" in out
     assert "recording not saved: no space left on device" in out

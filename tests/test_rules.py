@@ -12,8 +12,9 @@ from worldsim.policies import Policy, PolicyConfig
 @pytest.mark.parametrize("policy", ["scripted", "miss", "sticky", "random"])
 def test_real_play_keeps_every_rule(policy):
     env = gym.make("worldsim/Bricks-v0")
-    ep = play_episode(env, Policy(PolicyConfig(name=policy), env, np.random.default_rng(1)),
-                      seed=7, max_steps=400)  # fmt: skip
+    ep = play_episode(
+        env, Policy(PolicyConfig(name=policy), env, np.random.default_rng(1)), seed=7, max_steps=400
+    )
     scores = rule_scores(ep.frames[None])
     assert scores["kept"] == 1.0, scores["broken"]
 
@@ -35,8 +36,12 @@ def test_broken_rules_are_caught():
     jump = frames.copy()
     jump[-1, y - 1 : y + 3, x - 1 : x + 3] = 0  # the ball vanishes where it was...
     jump[-1, 40:42, 30:32] = 236  # ...and is far away
-    for broken, rule in ((two_balls, "one ball"), (lost_brick, "bricks come back"),
-                         (more_lives, "lives"), (jump, "ball jump")):  # fmt: skip
+    for broken, rule in (
+        (two_balls, "one ball"),
+        (lost_brick, "bricks come back"),
+        (more_lives, "lives"),
+        (jump, "ball jump"),
+    ):
         assert rule in rule_scores(broken[None])["broken"], rule
 
 
@@ -44,9 +49,23 @@ def test_eval_checks_the_shipped_bricks_world_on_fresh_play(tmp_path):
     from worldsim.config import load_config
     from worldsim.evaluation.evaluate import EvalConfig, evaluate, summary
 
-    report = evaluate(load_config("eval", EvalConfig, [
-        "world=bricks", f"out={tmp_path}", "policy=sticky", "play_steps=300", "starts=2",
-        "horizon=2", "idm_steps=0", "rules_steps=8", "samplers=[{name:onestep,steps:1}]"]))  # fmt: skip
+    report = evaluate(
+        load_config(
+            "eval",
+            EvalConfig,
+            [
+                "world=bricks",
+                f"out={tmp_path}",
+                "policy=sticky",
+                "play_steps=300",
+                "starts=2",
+                "horizon=2",
+                "idm_steps=0",
+                "rules_steps=8",
+                "samplers=[{name:onestep,steps:1}]",
+            ],
+        )
+    )
     assert report["rules"]["real game"]["kept"] == 1.0
     dream = report["rules"]["student onestep 1"]
     assert dream["transitions"] == 8 * 8 and 0 <= dream["kept"] <= 1

@@ -16,8 +16,10 @@ def test_shipped_world_loads_by_name_and_is_small(name):
     bundle = load_world(name)
     assert bundle.path == WORLDS_DIR / name
     assert bundle.student is not None  # one-step head included
-    model_bytes = sum((bundle.path / f).stat().st_size for f in
-                      ("teacher.safetensors", "student.safetensors", "starts.safetensors"))  # fmt: skip
+    model_bytes = sum(
+        (bundle.path / f).stat().st_size
+        for f in ("teacher.safetensors", "student.safetensors", "starts.safetensors")
+    )
     assert model_bytes < 15e6
     assert (bundle.path / "eval" / "report.json").is_file()
     assert (bundle.path / "MADE_WITH.md").is_file()

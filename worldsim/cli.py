@@ -102,25 +102,52 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         return get
 
     return {
-        "pipeline": ("game -> playable world in one command: collect, train, distill, bundle, eval",
-                     cfg_of("worldsim.pipeline", "PipelineConfig"), _pipeline),
-        "collect": ("record play of a game into an episode dataset",
-                    cfg_of("worldsim.data.collect", "CollectConfig"), _collect),
-        "train": ("train a world model (denoiser + reward/end model) on a dataset",
-                  cfg_of("worldsim.training.train", "TrainConfig"), _train),
-        "distill": ("train the one-step consistency student of a trained world model",
-                    cfg_of("worldsim.training.distill", "DistillConfig"), _distill),
-        "eval": ("score a world against held-out real episodes (report, plot, video)",
-                 cfg_of("worldsim.evaluation.evaluate", "EvalConfig"), _eval),
-        "play": ("play a world live with the keyboard (or headless), recording if asked",
-                 cfg_of("worldsim.play.app", "PlayConfig"), _play),
-        "record": ("record episodes of a world or a real game (mp4 + episode dataset)",
-                   cfg_of("worldsim.play.record", "RecordConfig"), _record),
-        "rl": ("train a PPO agent inside a world, then score it in the real game",
-               cfg_of("worldsim.rl", "RLConfig"), _rl),
-        "bundle": ("make a self-contained world folder from a training run",
-                   cfg_of("worldsim.training.bundle", "BundleConfig"), _bundle),
-    }  # fmt: skip
+        "pipeline": (
+            "game -> playable world in one command: collect, train, distill, bundle, eval",
+            cfg_of("worldsim.pipeline", "PipelineConfig"),
+            _pipeline,
+        ),
+        "collect": (
+            "record play of a game into an episode dataset",
+            cfg_of("worldsim.data.collect", "CollectConfig"),
+            _collect,
+        ),
+        "train": (
+            "train a world model (denoiser + reward/end model) on a dataset",
+            cfg_of("worldsim.training.train", "TrainConfig"),
+            _train,
+        ),
+        "distill": (
+            "train the one-step consistency student of a trained world model",
+            cfg_of("worldsim.training.distill", "DistillConfig"),
+            _distill,
+        ),
+        "eval": (
+            "score a world against held-out real episodes (report, plot, video)",
+            cfg_of("worldsim.evaluation.evaluate", "EvalConfig"),
+            _eval,
+        ),
+        "play": (
+            "play a world live with the keyboard (or headless), recording if asked",
+            cfg_of("worldsim.play.app", "PlayConfig"),
+            _play,
+        ),
+        "record": (
+            "record episodes of a world or a real game (mp4 + episode dataset)",
+            cfg_of("worldsim.play.record", "RecordConfig"),
+            _record,
+        ),
+        "rl": (
+            "train a PPO agent inside a world, then score it in the real game",
+            cfg_of("worldsim.rl", "RLConfig"),
+            _rl,
+        ),
+        "bundle": (
+            "make a self-contained world folder from a training run",
+            cfg_of("worldsim.training.bundle", "BundleConfig"),
+            _bundle,
+        ),
+    }
 
 
 def _data(argv: list[str]) -> None:
@@ -137,10 +164,16 @@ def _data(argv: list[str]) -> None:
     video.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscale factor")
     video.add_argument("--fps", type=int, default=15, help="frames per second of the video")
     video.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    imp = sub.add_parser("import", help="import your own recordings into a dataset (a folder "
-                         "of videos with per-step action files, or a local Minari dataset)")  # fmt: skip
-    imp.add_argument("source", help="a folder of NAME.mp4 + NAME.csv/.npy (see README, 'Your own "
-                     "game'), or with --minari a local Minari dataset id")  # fmt: skip
+    imp = sub.add_parser(
+        "import",
+        help="import your own recordings into a dataset (a folder "
+        "of videos with per-step action files, or a local Minari dataset)",
+    )
+    imp.add_argument(
+        "source",
+        help="a folder of NAME.mp4 + NAME.csv/.npy (see README, 'Your own "
+        "game'), or with --minari a local Minari dataset id",
+    )
     imp.add_argument("--out", required=True, help="dataset folder to write (or append to)")
     imp.add_argument("--minari", action="store_true", help="source is a local Minari dataset id")
     imp.add_argument("--frame-size", type=int, default=64, help="side of the square frames")

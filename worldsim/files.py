@@ -36,8 +36,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
 
 def checksums(folder: Path) -> dict[str, str]:
     """SHA-256 of each .safetensors file in a folder, by file name."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).glob("*.safetensors"))}  # fmt: skip
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).glob("*.safetensors"))
+    }
 
 
 def _recorded_checksum(path: Path) -> tuple[str, str] | None:

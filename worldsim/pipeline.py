@@ -55,8 +55,15 @@ class PresetConfig:
     """Steps of free play eval checks for realism (and the rules, for Bricks)."""
 
     def __post_init__(self):  # checked here, not hours later when the stage starts
-        for key in ("collect_steps", "batch_size", "train_steps", "distill_steps", "eval_starts",
-                    "eval_horizon", "eval_long_play"):  # fmt: skip
+        for key in (
+            "collect_steps",
+            "batch_size",
+            "train_steps",
+            "distill_steps",
+            "eval_starts",
+            "eval_horizon",
+            "eval_long_play",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"preset.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("train_minutes", "distill_minutes"):
@@ -99,8 +106,14 @@ def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     except files.CheckpointError:
         return False
     log = run / "log.jsonl"
-    spent = minutes > 0 and log.exists() and any('"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
-                                 for line in log.read_text().splitlines()[-1:])  # fmt: skip
+    spent = (
+        minutes > 0
+        and log.exists()
+        and any(
+            '"time"' in line and float(line.split('"time": ')[1].split(",")[0]) >= 60 * minutes
+            for line in log.read_text().splitlines()[-1:]
+        )
+    )
     return state["step"] >= steps or bool(spent)
 
 
@@ -175,18 +188,40 @@ def pipeline(cfg: PipelineConfig) -> Path:
         + (" (done)" if _complete_run(teacher, p.train_steps, p.train_minutes) else "")
     )
     if not _complete_run(teacher, p.train_steps, p.train_minutes):
-        train(TrainConfig(env=cfg.env, data=str(data), out=str(teacher), model=p.model, batch_size=p.batch_size,
-                          optim=replace(TrainConfig().optim, lr=p.lr, decay=p.lr_decay), device=cfg.device,
-                          steps=p.train_steps, minutes=p.train_minutes, seed=cfg.seed,
-                          resume=(teacher / "latest").exists()))  # fmt: skip
+        train(
+            TrainConfig(
+                env=cfg.env,
+                data=str(data),
+                out=str(teacher),
+                model=p.model,
+                batch_size=p.batch_size,
+                optim=replace(TrainConfig().optim, lr=p.lr, decay=p.lr_decay),
+                device=cfg.device,
+                steps=p.train_steps,
+                minutes=p.train_minutes,
+                seed=cfg.seed,
+                resume=(teacher / "latest").exists(),
+            )
+        )
     print(
         "[3/5] distill the one-step student"
         + (" (done)" if _complete_run(student, p.distill_steps, p.distill_minutes) else "")
     )
     if not _complete_run(student, p.distill_steps, p.distill_minutes):
-        distill(DistillConfig(teacher=str(teacher), data=str(data), out=str(student), batch_size=p.batch_size,
-                              steps=p.distill_steps, minutes=p.distill_minutes, seed=cfg.seed, device=cfg.device,
-                              resume=(student / "latest").exists(), optim=replace(DistillConfig().optim, lr=5e-5)))  # fmt: skip
+        distill(
+            DistillConfig(
+                teacher=str(teacher),
+                data=str(data),
+                out=str(student),
+                batch_size=p.batch_size,
+                steps=p.distill_steps,
+                minutes=p.distill_minutes,
+                seed=cfg.seed,
+                device=cfg.device,
+                resume=(student / "latest").exists(),
+                optim=replace(DistillConfig().optim, lr=5e-5),
+            )
+        )
     if not (world / "world.json").exists():
         print("[4/5] bundle the world")
         bundle(BundleConfig(run=str(teacher), student=str(student), out=str(world)))

@@ -1,7 +1,8 @@
 """Process set-up for heavy commands: a faster memory allocator when the system has one.
 
 glibc returns large tensors to the OS after every step and page-faults them back; with
-tcmalloc or jemalloc preloaded, CPU training runs about 2x faster (measured: BENCHMARKS.md, "Page faults at every batched step").
+tcmalloc or jemalloc preloaded, CPU training runs about 2x faster (BENCHMARKS.md, "Page faults
+at every batched step").
 """
 
 from __future__ import annotations

@@ -66,8 +66,14 @@ def play_episode(env, policy: Policy, seed: int, max_steps: int, report=None) ->
             break
     if report is not None:
         report(len(actions) % 256)
-    return Episode(np.stack(frames), np.array(actions, np.int64), np.array(rewards, np.float32),
-                   np.array(terms, bool), np.array(truncs, bool), np.array(lost, bool))  # fmt: skip
+    return Episode(
+        np.stack(frames),
+        np.array(actions, np.int64),
+        np.array(rewards, np.float32),
+        np.array(terms, bool),
+        np.array(truncs, bool),
+        np.array(lost, bool),
+    )
 
 
 def _worker(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) -> None:
@@ -91,8 +97,13 @@ def _record(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) ->
             return
         ep_id = first_id + rank + k * cfg.workers
         policy = Policy(cfg.policy, env, np.random.default_rng([cfg.seed, ep_id]))
-        ep = play_episode(env, policy, seed=cfg.seed * 1_000_003 + ep_id, max_steps=budget - done,
-                          report=lambda n: queue.put(("steps", n)))  # fmt: skip
+        ep = play_episode(
+            env,
+            policy,
+            seed=cfg.seed * 1_000_003 + ep_id,
+            max_steps=budget - done,
+            report=lambda n: queue.put(("steps", n)),
+        )
         save_episode(ds.path_for(ep_id), ep)
         queue.put(("episode", ep_id, len(ep), float(ep.rewards.sum()), policy.name))
         done, k = done + len(ep), k + 1
@@ -106,9 +117,14 @@ def collect(cfg: CollectConfig) -> Dataset:
     Policy(cfg.policy, env, np.random.default_rng(0))  # fails early if the game lacks it
     lives = "lives" in env.reset(seed=cfg.seed)[1]  # the game reports lives: record lost ones
     ds = Dataset.create_or_append(
-        cfg.out, env_id=cfg.env.id, env=cfg.env.name, action_meanings=action_meanings(env),
-        frame_size=list(obs_shape[:2]), test_fraction=cfg.test_fraction, lives=lives,
-    )  # fmt: skip
+        cfg.out,
+        env_id=cfg.env.id,
+        env=cfg.env.name,
+        action_meanings=action_meanings(env),
+        frame_size=list(obs_shape[:2]),
+        test_fraction=cfg.test_fraction,
+        lives=lives,
+    )
     env.close()
     first_id = ds.next_id()
     budgets = [cfg.steps // cfg.workers + (r < cfg.steps % cfg.workers) for r in range(cfg.workers)]
@@ -118,8 +134,11 @@ def collect(cfg: CollectConfig) -> Dataset:
             return ds
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(cfg, r, first_id, b, queue), daemon=True)
-                 for r, b in enumerate(budgets) if b > 0]  # fmt: skip
+        procs = [
+            ctx.Process(target=_worker, args=(cfg, r, first_id, b, queue), daemon=True)
+            for r, b in enumerate(budgets)
+            if b > 0
+        ]
         for p in procs:
             p.start()
         sink, recorded = _Inline(ds, bar), 0

@@ -45,12 +45,25 @@ def _check_size(frame_size: int) -> None:
         raise DataError(f"frame_size must be a positive multiple of 8, got {frame_size}")
 
 
-def _write(out: Path, episodes: list[Episode], env_id: str, meanings: list[str],
-           frame_size: int, test_fraction: float, source: str) -> Dataset:  # fmt: skip
+def _write(
+    out: Path,
+    episodes: list[Episode],
+    env_id: str,
+    meanings: list[str],
+    frame_size: int,
+    test_fraction: float,
+    source: str,
+) -> Dataset:
     """Append checked episodes to the dataset `out` (a new one, or one of the same game)."""
-    ds = Dataset.create_or_append(out, env_id=env_id, env=env_id.rsplit("/", 1)[-1],
-                                  action_meanings=meanings, frame_size=[frame_size, frame_size],
-                                  test_fraction=test_fraction, lives=False)  # fmt: skip
+    ds = Dataset.create_or_append(
+        out,
+        env_id=env_id,
+        env=env_id.rsplit("/", 1)[-1],
+        action_meanings=meanings,
+        frame_size=[frame_size, frame_size],
+        test_fraction=test_fraction,
+        lives=False,
+    )
     first = ds.next_id()
     for i, ep in enumerate(episodes):
         ds.add(first + i, ep, source)
@@ -70,8 +83,9 @@ def _minari():
     return minari
 
 
-def import_minari(dataset_id: str, out: str | Path, frame_size: int = 64,
-                  test_fraction: float = 0.1) -> Dataset:  # fmt: skip
+def import_minari(
+    dataset_id: str, out: str | Path, frame_size: int = 64, test_fraction: float = 0.1
+) -> Dataset:
     """Import a locally installed Minari dataset (image observations, Discrete actions)."""
     import gymnasium as gym
 
@@ -84,8 +98,12 @@ def import_minari(dataset_id: str, out: str | Path, frame_size: int = 64,
         )
     data = minari.load_dataset(dataset_id)
     obs_space, act_space = data.observation_space, data.action_space
-    if not (isinstance(obs_space, gym.spaces.Box) and obs_space.dtype == np.uint8
-            and len(obs_space.shape) == 3 and obs_space.shape[-1] == 3):  # fmt: skip
+    if not (
+        isinstance(obs_space, gym.spaces.Box)
+        and obs_space.dtype == np.uint8
+        and len(obs_space.shape) == 3
+        and obs_space.shape[-1] == 3
+    ):
         raise DataError(
             f"{dataset_id}: observations must be (H, W, 3) uint8 images, got {obs_space}"
         )
@@ -95,9 +113,13 @@ def import_minari(dataset_id: str, out: str | Path, frame_size: int = 64,
     meanings = json.loads(meanings) if meanings else [f"ACTION_{i}" for i in range(act_space.n)]
     episodes = []
     for ep in data.iterate_episodes():
-        e = Episode(_resize(np.asarray(ep.observations, np.uint8), frame_size),
-                    np.asarray(ep.actions, np.int64), np.asarray(ep.rewards, np.float32),
-                    np.asarray(ep.terminations, bool), np.asarray(ep.truncations, bool))  # fmt: skip
+        e = Episode(
+            _resize(np.asarray(ep.observations, np.uint8), frame_size),
+            np.asarray(ep.actions, np.int64),
+            np.asarray(ep.rewards, np.float32),
+            np.asarray(ep.terminations, bool),
+            np.asarray(ep.truncations, bool),
+        )
         e.check(f"{dataset_id} episode {ep.id}")
         episodes.append(e)
     spec = data.spec.env_spec
@@ -121,9 +143,17 @@ def export_minari(data: str | Path, dataset_id: str) -> str:
     buffers = []
     for i, entry in enumerate(ds.entries()):
         ep = ds.load(entry)
-        buffers.append(EpisodeBuffer(id=i, observations=ep.frames, actions=ep.actions,
-                                     rewards=list(ep.rewards), terminations=list(ep.terminated),
-                                     truncations=list(ep.truncated), infos={}))  # fmt: skip
+        buffers.append(
+            EpisodeBuffer(
+                id=i,
+                observations=ep.frames,
+                actions=ep.actions,
+                rewards=list(ep.rewards),
+                terminations=list(ep.terminated),
+                truncations=list(ep.truncated),
+                infos={},
+            )
+        )
     with warnings.catch_warnings():  # Minari's advice on authors and permalinks
         warnings.simplefilter("ignore", UserWarning)
         created = minari.create_dataset_from_buffers(
@@ -135,8 +165,12 @@ def export_minari(data: str | Path, dataset_id: str) -> str:
             algorithm_name=", ".join(sorted({e["policy"] for e in ds.entries()})),
             jpeg_encoding=False,
         )
-    created.storage.update_metadata({"worldsim_action_meanings": json.dumps(ds.action_meanings),
-                                     "worldsim_env_id": ds.meta["env_id"]})  # fmt: skip
+    created.storage.update_metadata(
+        {
+            "worldsim_action_meanings": json.dumps(ds.action_meanings),
+            "worldsim_env_id": ds.meta["env_id"],
+        }
+    )
     return dataset_id
 
 
@@ -199,8 +233,13 @@ def read_actions(path: Path, steps: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in cols.items()}
 
 
-def import_videos(folder: str | Path, out: str | Path, frame_size: int = 64,
-                  test_fraction: float = 0.1, env_id: str = "") -> Dataset:  # fmt: skip
+def import_videos(
+    folder: str | Path,
+    out: str | Path,
+    frame_size: int = 64,
+    test_fraction: float = 0.1,
+    env_id: str = "",
+) -> Dataset:
     """Import every video of `folder` with the action file beside it (see the module doc)."""
     _check_size(frame_size)
     folder = Path(folder)
@@ -211,18 +250,22 @@ def import_videos(folder: str | Path, out: str | Path, frame_size: int = 64,
         raise DataError(f"{folder}: no videos ({', '.join(VIDEO_SUFFIXES)})")
     episodes = []
     for video in videos:
-        action_file = next((p for p in (video.with_suffix(".csv"), video.with_suffix(".npy"))
-                            if p.is_file()), None)  # fmt: skip
+        action_file = next(
+            (p for p in (video.with_suffix(".csv"), video.with_suffix(".npy")) if p.is_file()), None
+        )
         if action_file is None:
             raise DataError(f"{video}: no action file beside it ({video.stem}.csv or .npy)")
         frames = _resize(read_video(video), frame_size)
         cols = read_actions(action_file, len(frames) - 1)
         T = len(frames) - 1
         zeros = np.zeros(T)
-        ep = Episode(frames, cols["action"].astype(np.int64),
-                     cols.get("reward", zeros).astype(np.float32),
-                     cols.get("terminated", zeros).astype(bool),
-                     cols.get("truncated", zeros).astype(bool))  # fmt: skip
+        ep = Episode(
+            frames,
+            cols["action"].astype(np.int64),
+            cols.get("reward", zeros).astype(np.float32),
+            cols.get("terminated", zeros).astype(bool),
+            cols.get("truncated", zeros).astype(bool),
+        )
         ep.check(str(video))
         episodes.append(ep)
     n_actions = 1 + max(int(ep.actions.max(initial=0)) for ep in episodes)

@@ -103,8 +103,10 @@ class SegmentSampler:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DataError(f"cannot make the frame cache folder {path.parent} ({e.strerror}); "
-                            "set WORLDSIM_CACHE to a writable folder") from None  # fmt: skip
+            raise DataError(
+                f"cannot make the frame cache folder {path.parent} ({e.strerror}); "
+                "set WORLDSIM_CACHE to a writable folder"
+            ) from None
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # concurrent builders don't clash
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -121,8 +123,10 @@ class SegmentSampler:
             os.replace(tmp, path)
         except OSError as e:  # disk full, or an unwritable folder
             tmp.unlink(missing_ok=True)
-            raise DataError(f"cannot write the frame cache {path} ({e.strerror or e}); free space "
-                            "or set WORLDSIM_CACHE to another folder") from None  # fmt: skip
+            raise DataError(
+                f"cannot write the frame cache {path} ({e.strerror or e}); free space "
+                "or set WORLDSIM_CACHE to another folder"
+            ) from None
         except BaseException:  # interrupted or a damaged episode: leave no large .tmp
             tmp.unlink(missing_ok=True)
             raise
@@ -148,6 +152,11 @@ class SegmentSampler:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Segment:
         obs, act, rew, end, mask, life = self._gather(rng.integers(0, len(self), batch_size))
-        return Segment(torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
-                       torch.from_numpy(act), torch.from_numpy(rew.astype(np.float32)),
-                       torch.from_numpy(end), torch.from_numpy(mask), torch.from_numpy(life))  # fmt: skip
+        return Segment(
+            torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
+            torch.from_numpy(act),
+            torch.from_numpy(rew.astype(np.float32)),
+            torch.from_numpy(end),
+            torch.from_numpy(mask),
+            torch.from_numpy(life),
+        )

@@ -139,9 +139,13 @@ class Dataset:
                     raise DataError(
                         f"{root}: holds {key}={ds.meta.get(key, False)!r}, cannot append "
                         f"{key}={meta.get(key, False)!r}"
-                        + (" (it was recorded before worldsim kept lost lives; record a new "
-                           "dataset)" if key == "lives" and not ds.lives else "")
-                    )  # fmt: skip
+                        + (
+                            " (it was recorded before worldsim kept lost lives; record a new "
+                            "dataset)"
+                            if key == "lives" and not ds.lives
+                            else ""
+                        )
+                    )
             return ds
         (root / "episodes").mkdir(parents=True, exist_ok=True)
         ds = cls(root, {"format": FORMAT_VERSION, **meta, "episodes": []})
@@ -155,8 +159,11 @@ class Dataset:
         """Take in episode files the manifest missed (a crash between the two writes); the
         manifest is rewritten only where the folder is writable (reading never needs it)."""
         known = {e["file"] for e in self.meta["episodes"]}
-        orphans = [p for p in sorted((self.root / "episodes").glob("ep_*.npz"))
-                   if f"episodes/{p.name}" not in known]  # fmt: skip
+        orphans = [
+            p
+            for p in sorted((self.root / "episodes").glob("ep_*.npz"))
+            if f"episodes/{p.name}" not in known
+        ]
         for path in orphans:
             d = load_episode(path, fields=("actions", "rewards"))
             self._add_entry(int(path.stem[3:]), len(d["actions"]), float(d["rewards"].sum()), "?")
@@ -181,9 +188,15 @@ class Dataset:
     def _add_entry(self, episode_id: int, length: int, ret: float, policy: str) -> None:
         split = "test" if is_test_episode(episode_id, self.meta["test_fraction"]) else "train"
         self.meta["episodes"].append(
-            {"id": episode_id, "file": f"episodes/ep_{episode_id:06d}.npz", "length": length,
-             "return": ret, "split": split, "policy": policy}
-        )  # fmt: skip
+            {
+                "id": episode_id,
+                "file": f"episodes/ep_{episode_id:06d}.npz",
+                "length": length,
+                "return": ret,
+                "split": split,
+                "policy": policy,
+            }
+        )
         self.meta["episodes"].sort(key=lambda e: e["id"])
 
     def add(self, episode_id: int, ep: Episode, policy: str) -> None:
@@ -212,9 +225,12 @@ class Dataset:
         return bool(self.meta.get("lives", False))
 
     def summary(self) -> str:
-        lines = [f"dataset   {self.root}", f"game      {self.meta['env_id']}",
-                 f"frames    {self.frame_size[0]}x{self.frame_size[1]} RGB",
-                 f"actions   {', '.join(self.action_meanings)}"]  # fmt: skip
+        lines = [
+            f"dataset   {self.root}",
+            f"game      {self.meta['env_id']}",
+            f"frames    {self.frame_size[0]}x{self.frame_size[1]} RGB",
+            f"actions   {', '.join(self.action_meanings)}",
+        ]
         for split in ("train", "test"):
             es = self.entries(split)
             steps = sum(e["length"] for e in es)

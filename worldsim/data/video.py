@@ -19,8 +19,14 @@ def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
     return frames.repeat(scale, axis=-3).repeat(scale, axis=-2)
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 4,
-              overwrite: bool = False, threads: int | None = None) -> Path:  # fmt: skip
+def write_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int = 15,
+    scale: int = 4,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> Path:
     """Write (T, H, W, 3) uint8 frames to an H.264 mp4; refuses to replace a file unless asked.
     `threads`: ffmpeg's encoder and filter threads (None: its choice, all cores); 1 leaves the
     other cores to a live loop that goes on meanwhile."""
@@ -39,9 +45,16 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 15, scale: int = 
         # the encoder upscales (nearest neighbour): no scale^2-sized copy of the frames here
         params = ["-vf", f"scale=iw*{scale}:ih*{scale}:flags=neighbor"] if scale > 1 else []
         params += ["-threads", str(threads), "-filter_threads", str(threads)] if threads else []
-        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                pixelformat="yuv420p", ffmpeg_log_level="error",
-                                ffmpeg_params=params) as w:  # fmt: skip
+        with imageio.get_writer(
+            tmp,
+            fps=fps,
+            codec="libx264",
+            quality=8,
+            macro_block_size=1,
+            pixelformat="yuv420p",
+            ffmpeg_log_level="error",
+            ffmpeg_params=params,
+        ) as w:
             for frame in frames:
                 w.append_data(frame)
         tmp.replace(path)

@@ -32,8 +32,13 @@ from worldsim.sim.world import World
 from worldsim.sim.world_file import WorldBundle, load_world
 from worldsim.training.calibration import end_scores
 
-DEFAULT_SAMPLERS = (SamplerConfig("onestep", 1), SamplerConfig("multistep", 2), SamplerConfig("euler", 1),
-                    SamplerConfig("euler", 3), SamplerConfig("euler", 10))  # fmt: skip
+DEFAULT_SAMPLERS = (
+    SamplerConfig("onestep", 1),
+    SamplerConfig("multistep", 2),
+    SamplerConfig("euler", 1),
+    SamplerConfig("euler", 3),
+    SamplerConfig("euler", 10),
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class EvalConfig:
     own figures; 0 = skip."""
     idm_steps: int = 600
     """Training steps of the inverse-dynamics model that checks, for any game, whether the
-    world's frames show the action it was given (`worldsim.evaluation.inverse_dynamics`); 0 = skip."""
+    world's frames show the action it was given (`worldsim.evaluation.inverse_dynamics`);
+    0 = skip."""
 
     def __post_init__(self):
         check_precision(self.precision)
@@ -116,8 +122,12 @@ def teacher_forced(world: World, obs, act, K, gen) -> dict[str, float]:
     ctx = torch.stack([obs[:, t : t + K] for t in range(H)], 1).flatten(0, 1)
     a = torch.stack([act[:, t : t + K] for t in range(H)], 1).flatten(0, 1)
     real = obs[:, K:].flatten(0, 1)
-    preds = torch.cat([world.draw(to_unit(ctx[i : i + 256]), a[i : i + 256], gen)
-                       for i in range(0, len(ctx), 256)])  # fmt: skip
+    preds = torch.cat(
+        [
+            world.draw(to_unit(ctx[i : i + 256]), a[i : i + 256], gen)
+            for i in range(0, len(ctx), 256)
+        ]
+    )
     g, last = to_uint8(preds), ctx[:, -1]
     return {
         "psnr": psnr(g, real).mean().item(),
@@ -148,8 +158,14 @@ def reward_accuracy(
     return {**out, **ends}
 
 
-def speed(bundle: WorldBundle, sampler: SamplerConfig, batch: int, steps: int,
-          precision: str = "fp32", min_seconds: float = 1.0) -> float:  # fmt: skip
+def speed(
+    bundle: WorldBundle,
+    sampler: SamplerConfig,
+    batch: int,
+    steps: int,
+    precision: str = "fp32",
+    min_seconds: float = 1.0,
+) -> float:
     """Frames per second of World.step at a batch size: at least `steps` steps and
     `min_seconds` of timing, after a warm-up step."""
     world = World(bundle, sampler, precision)
@@ -211,8 +227,11 @@ def action_following(
             if m_real.any():
                 ious.append((m_real & m_dream).sum() / (m_real | m_dream).sum())
                 recalls.append((m_real & m_dream).sum() / m_real.sum())
-    return {"iou": float(np.mean(ious)) if ious else float("nan"),
-            "recall": float(np.mean(recalls)) if recalls else float("nan"), "branches": n}  # fmt: skip
+    return {
+        "iou": float(np.mean(ious)) if ious else float("nan"),
+        "recall": float(np.mean(recalls)) if recalls else float("nan"),
+        "branches": n,
+    }
 
 
 def _play(env, actions) -> list[np.ndarray]:
@@ -228,14 +247,23 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise FileExistsError(f"{out}/report.json exists; pass overwrite=true to replace it")
     ds = _eval_data(cfg, bundle, out)
     if ds.frame_size != bundle.frame_size or ds.action_meanings != bundle.action_meanings:
-        raise ValueError(f"{ds.root} holds {ds.frame_size} frames with actions {ds.action_meanings}; "
-                         f"the world has {bundle.frame_size} and {bundle.action_meanings}")  # fmt: skip
+        raise ValueError(
+            f"{ds.root} holds {ds.frame_size} frames with actions {ds.action_meanings}; "
+            f"the world has {bundle.frame_size} and {bundle.action_meanings}"
+        )
     K, H = bundle.context, cfg.horizon
     test = SegmentSampler(ds, "test", K, horizon=H)
     b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), device)
-    report = {"world": str(bundle.path), "data": str(ds.root), "policy": cfg.policy or "held-out split",
-              "starts": cfg.starts, "horizon": H,
-              "samplers": {"copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}}}  # fmt: skip
+    report = {
+        "world": str(bundle.path),
+        "data": str(ds.root),
+        "policy": cfg.policy or "held-out split",
+        "starts": cfg.starts,
+        "horizon": H,
+        "samplers": {
+            "copy last frame": {"autoregressive": scores(copy_last(b.obs, K, H), b.obs, K)}
+        },
+    }
     videos, P = {}, cfg.precision
     report["precision"] = P
     samplers = [_for_world(s, bundle) for s in cfg.samplers]
@@ -254,14 +282,23 @@ def evaluate(cfg: EvalConfig) -> dict:
         )
         videos[label(s)] = g
         report["samplers"][label(s)] = {
-            "sampler": asdict(s), "autoregressive": scores(g, b.obs, K),
+            "sampler": asdict(s),
+            "autoregressive": scores(g, b.obs, K),
             "teacher_forced": teacher_forced(world, b.obs, b.act, K, gen),
-            "fps_batch1": speed(bundle, s, 1, 10, P), "fps_batch32": speed(bundle, s, 32, 2, P),
+            "fps_batch1": speed(bundle, s, 1, 10, P),
+            "fps_batch32": speed(bundle, s, 32, 2, P),
             "action_following": action_following(bundle, s, n=8, seed=cfg.seed, precision=P),
-            "inverse_dynamics": None if idm is None else action_recovery(
-                idm, lambda c, a, w=world, gen=gen: w.draw(c, a, gen),
-                SegmentSampler(ds, "test", K), A, seed=cfg.seed, device=device),
-        }  # fmt: skip
+            "inverse_dynamics": None
+            if idm is None
+            else action_recovery(
+                idm,
+                lambda c, a, w=world, gen=gen: w.draw(c, a, gen),
+                SegmentSampler(ds, "test", K),
+                A,
+                seed=cfg.seed,
+                device=device,
+            ),
+        }
     _long_play(report, cfg, bundle, [s for s in samplers if s is not None], ds)
     report["reward_end"] = reward_accuracy(bundle, SegmentSampler(ds, "test", K), 2048, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,12 +324,16 @@ def _long_play(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers, ds:
     bank = bank[np.random.default_rng(cfg.seed).permutation(len(bank))[:4000]]
     report["realism"] = {"horizons": list(REALISM_BUCKETS)}
     if len(episodes) > 1:  # real play the bank does not hold: the distance the game itself keeps
-        report["realism"]["real game"] = _buckets([rules.nearest_real_distance(f[1:], bank)
-                                                   for f in episodes[1::2]])  # fmt: skip
+        report["realism"]["real game"] = _buckets(
+            [rules.nearest_real_distance(f[1:], bank) for f in episodes[1::2]]
+        )
     if check is not None:
         real = _real_play(bundle, actions, cfg.seed)
-        report["rules"] = {"real game": sum_rule_scores([check(f[None]) for f in real])
-                           if real else {"error": "the game cannot be made here"}}  # fmt: skip
+        report["rules"] = {
+            "real game": sum_rule_scores([check(f[None]) for f in real])
+            if real
+            else {"error": "the game cannot be made here"}
+        }
     cheap = [s for s in samplers if s.evaluations <= 3]  # (10-step Euler would take minutes)
     for s in tqdm(cheap, desc="long play", unit="sampler"):
         frames = rules.dream_play(World(bundle, s, cfg.precision), actions, cfg.seed)
@@ -353,10 +394,17 @@ def _eval_data(cfg: EvalConfig, bundle: WorldBundle, out: Path) -> Dataset:
     folder = out / f"play-{cfg.policy}-seed{cfg.seed}"
     shutil.rmtree(folder, ignore_errors=True)  # (eval's own output, replaced with the report)
     print(f"eval: recording {cfg.play_steps} steps of fresh {cfg.policy} play in {folder}")
-    return collect(CollectConfig(env=from_dict(EnvConfig, bundle.meta["env"]),
-                                 policy=PolicyConfig(name=cfg.policy), out=str(folder),
-                                 steps=cfg.play_steps, workers=1, seed=1_000_000 + cfg.seed,
-                                 test_fraction=1.0))  # fmt: skip
+    return collect(
+        CollectConfig(
+            env=from_dict(EnvConfig, bundle.meta["env"]),
+            policy=PolicyConfig(name=cfg.policy),
+            out=str(folder),
+            steps=cfg.play_steps,
+            workers=1,
+            seed=1_000_000 + cfg.seed,
+            test_fraction=1.0,
+        )
+    )
 
 
 def _idm_data(ds: Dataset, bundle: WorldBundle, K: int) -> SegmentSampler:
@@ -454,33 +502,52 @@ def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
     H = report["horizon"]
     hs = [h for h in horizons if h <= H]
     head = "/".join(f"h{h}" for h in hs)
-    lines = [f"| sampler | PSNR whole {head} | PSNR moving {head} | sharpness gen/real h1, h{hs[-1]} "
-             f"| teacher-forced PSNR whole, moving | action IoU | actions recovered world / real (chance) | frames/s b1, b32 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| sampler | PSNR whole {head} | PSNR moving {head} | sharpness gen/real h1, h{hs[-1]} "
+        "| teacher-forced PSNR whole, moving | action IoU "
+        "| actions recovered world / real (chance) | frames/s b1, b32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["samplers"].items():
         ar = r["autoregressive"]
         tf, af, idm = r.get("teacher_forced"), r.get("action_following"), r.get("inverse_dynamics")
         lines.append(
-            f"| {name} | " + " / ".join(f"{ar['psnr'][h - 1]:.1f}" for h in hs)
-            + " | " + " / ".join(f"{ar['psnr_moving'][h - 1]:.1f}" for h in hs)
+            f"| {name} | "
+            + " / ".join(f"{ar['psnr'][h - 1]:.1f}" for h in hs)
+            + " | "
+            + " / ".join(f"{ar['psnr_moving'][h - 1]:.1f}" for h in hs)
             + f" | {ar['sharpness_ratio'][0]:.2f}, {ar['sharpness_ratio'][hs[-1] - 1]:.2f}"
             + (f" | {tf['psnr']:.1f}, {tf['psnr_moving']:.1f}" if tf else " | -")
             + (f" | {af['iou']:.2f}" if af else " | -")
-            + (f" | {idm['world']:.2f} / {idm['real']:.2f} ({idm['chance']:.2f})" if idm else " | -")
-            + (f" | {r['fps_batch1']:.0f}, {r['fps_batch32']:.0f} |" if "fps_batch1" in r else " | - |")
-        )  # fmt: skip
+            + (
+                f" | {idm['world']:.2f} / {idm['real']:.2f} ({idm['chance']:.2f})"
+                if idm
+                else " | -"
+            )
+            + (
+                f" | {r['fps_batch1']:.0f}, {r['fps_batch32']:.0f} |"
+                if "fps_batch1" in r
+                else " | - |"
+            )
+        )
     real = report.get("realism", {})
     for name, r in real.items():
         if name != "horizons":
-            spans = ", ".join(f"h{lo}-{hi} {v:.1f}" for (lo, hi), v in zip(real["horizons"], r, strict=True)
-                              if v is not None)  # fmt: skip
+            spans = ", ".join(
+                f"h{lo}-{hi} {v:.1f}"
+                for (lo, hi), v in zip(real["horizons"], r, strict=True)
+                if v is not None
+            )
             lines.append(f"\ndistance to the nearest real frame (levels), {name}: {spans}")
     for name, r in report.get("rules", {}).items():
         if "kept" in r:
             worst = ", ".join(
                 f"{k} {v}" for k, v in sorted(r["broken"].items(), key=lambda kv: -kv[1])[:3]
             )
-            lines.append(f"\nrules kept over long play, {name}: {100 * r['kept']:.1f}% of "
-                         f"{r['transitions']} transitions" + (f" (broken: {worst})" if worst else ""))  # fmt: skip
+            lines.append(
+                f"\nrules kept over long play, {name}: {100 * r['kept']:.1f}% of "
+                f"{r['transitions']} transitions" + (f" (broken: {worst})" if worst else "")
+            )
     re = report["reward_end"]
     lines.append(
         f"\nreward accuracy {re['reward_accuracy']:.3f} (non-zero rewards "

@@ -53,8 +53,14 @@ def _transitions(data: SegmentSampler, n: int, rng: np.random.Generator):
     return b.obs[:, :K], b.act[:, :K], b.obs[:, K]
 
 
-def train_idm(data: SegmentSampler, num_actions: int, steps: int = 600, batch: int = 64,
-              seed: int = 0, device="cpu") -> InverseDynamics:  # fmt: skip
+def train_idm(
+    data: SegmentSampler,
+    num_actions: int,
+    steps: int = 600,
+    batch: int = 64,
+    seed: int = 0,
+    device="cpu",
+) -> InverseDynamics:
     """Fit an IDM to real transitions; classes are weighted by inverse frequency, so that a
     behaviour policy's favourite action is not simply guessed."""
     torch.manual_seed(seed)
@@ -79,14 +85,24 @@ def balanced_accuracy(pred: torch.Tensor, real: torch.Tensor, num_actions: int) 
     >>> round(balanced_accuracy(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 2), 4)
     0.8333
     """
-    recalls = [(pred[real == a] == a).float().mean().item() for a in range(num_actions)
-               if (real == a).any()]  # fmt: skip
+    recalls = [
+        (pred[real == a] == a).float().mean().item()
+        for a in range(num_actions)
+        if (real == a).any()
+    ]
     return float(np.mean(recalls))
 
 
 @torch.no_grad()
-def action_recovery(idm: InverseDynamics, draw, test: SegmentSampler, num_actions: int,
-                    n: int = 512, seed: int = 0, device="cpu") -> dict[str, float]:  # fmt: skip
+def action_recovery(
+    idm: InverseDynamics,
+    draw,
+    test: SegmentSampler,
+    num_actions: int,
+    n: int = 512,
+    seed: int = 0,
+    device="cpu",
+) -> dict[str, float]:
     """The IDM's balanced accuracy on held-out real transitions (their recorded actions),
     and on the world's: `draw(ctx in [-1, 1], actions) -> next frame in [-1, 1]` from the
     same real contexts under uniformly random actions. Also chance (1 / actions)."""
@@ -96,8 +112,12 @@ def action_recovery(idm: InverseDynamics, draw, test: SegmentSampler, num_action
     real_pred = idm(to_unit(ctx[:, -2:]), to_unit(nxt)).argmax(1)
     chosen = torch.from_numpy(rng.integers(0, num_actions, n)).to(device)
     dream_act = torch.cat([act[:, :-1], chosen[:, None]], dim=1)
-    dream = torch.cat([to_uint8(draw(to_unit(ctx[i : i + 128]), dream_act[i : i + 128]))
-                       for i in range(0, n, 128)])  # fmt: skip
+    dream = torch.cat(
+        [
+            to_uint8(draw(to_unit(ctx[i : i + 128]), dream_act[i : i + 128]))
+            for i in range(0, n, 128)
+        ]
+    )
     dream_pred = idm(to_unit(ctx[:, -2:]), to_unit(dream)).argmax(1)
     return {
         "real": balanced_accuracy(real_pred, act[:, -1], num_actions),

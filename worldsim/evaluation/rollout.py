@@ -14,8 +14,14 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def rollout(predict: Predictor, obs: torch.Tensor, act: torch.Tensor, K: int, horizon: int,
-            batch_size: int = 64) -> torch.Tensor:  # fmt: skip
+def rollout(
+    predict: Predictor,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    K: int,
+    horizon: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Replay the real actions from K real frames: obs (B, K+h, 3, H, W) uint8, act (B, K+h-1)
     -> generated frames (B, horizon, 3, H, W) uint8, each step fed the model's own frames."""
     outs = []

@@ -44,8 +44,11 @@ def _blobs(mask: np.ndarray) -> list[tuple[float, float]]:
     import cv2
 
     n, _, stats, centres = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
-    return [(float(c[1]), float(c[0])) for c, s in zip(centres[1:], stats[1:], strict=True)
-            if s[cv2.CC_STAT_AREA] >= 2]  # fmt: skip
+    return [
+        (float(c[1]), float(c[0]))
+        for c, s in zip(centres[1:], stats[1:], strict=True)
+        if s[cv2.CC_STAT_AREA] >= 2
+    ]
 
 
 def read_bricks(frame: np.ndarray) -> BricksObjects:

@@ -46,8 +46,10 @@ class WorldVecEnv(VecEnv):
         seeds = None if all(s is None for s in self._seeds) else self._seeds
         options = [o or None for o in self._options]
         if not all(_same(o, options[0]) for o in options):
-            raise ValueError("the batched worlds take one reset options dict for all envs; "
-                             "these differ between envs")  # fmt: skip
+            raise ValueError(
+                "the batched worlds take one reset options dict for all envs; "
+                "these differ between envs"
+            )
         obs, _ = self.venv.reset(seed=seeds, options=options[0])
         self._reset_seeds()
         self._reset_options()
@@ -81,7 +83,8 @@ class WorldVecEnv(VecEnv):
         """The envs share one batched world: refuse a call meant for some of them."""
         if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
             raise ValueError(
-                f"{what} acts on all {self.num_envs} batched worlds at once, not on indices {indices!r}"
+                f"{what} acts on all {self.num_envs} batched worlds at once, "
+                f"not on indices {indices!r}"
             )
 
     def env_method(

@@ -44,8 +44,11 @@ class StudentMeta:
     sigma_max: float
 
     def __post_init__(self):
-        if not (math.isfinite(self.sigma_min) and math.isfinite(self.sigma_max)
-                and 0 < self.sigma_min < self.sigma_max):  # fmt: skip
+        if not (
+            math.isfinite(self.sigma_min)
+            and math.isfinite(self.sigma_max)
+            and 0 < self.sigma_min < self.sigma_max
+        ):
             raise ValueError(
                 f"student needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
             )
@@ -101,9 +104,14 @@ class WorldMeta:
                     f"thresholds must map end/life to finite numbers, got {name}: {t!r}"
                 )
         for pair in self.keys_to_action:
-            ok = (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], list)
-                  and all(isinstance(k, int | str) for k in pair[0]) and isinstance(pair[1], int)
-                  and 0 <= pair[1] < len(self.action_meanings))  # fmt: skip
+            ok = (
+                isinstance(pair, list | tuple)
+                and len(pair) == 2
+                and isinstance(pair[0], list)
+                and all(isinstance(k, int | str) for k in pair[0])
+                and isinstance(pair[1], int)
+                and 0 <= pair[1] < len(self.action_meanings)
+            )
             if not ok:
                 raise ValueError(
                     f"keys_to_action entries must be [[keys], action], got {pair!r}"[:200]
@@ -160,26 +168,34 @@ def check_weights(path: Path, module_fn) -> None:
     have = header(path)
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:
-        raise CheckpointError(f"{path}: weights do not match the model of world.json "
-                              f"(missing {missing[:3]}, unexpected {extra[:3]})")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: weights do not match the model of world.json "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for k, shape in want.items():
         if have[k][1] != shape:
             raise CheckpointError(
-                f"{path}: weight {k} has shape {list(have[k][1])}, world.json's model needs {list(shape)}"
+                f"{path}: weight {k} has shape {list(have[k][1])}, "
+                f"world.json's model needs {list(shape)}"
             )
 
 
-def check_starts(path: Path, frames: torch.Tensor, actions: torch.Tensor, meta: WorldMeta,
-                 context: int) -> None:  # fmt: skip
+def check_starts(
+    path: Path, frames: torch.Tensor, actions: torch.Tensor, meta: WorldMeta, context: int
+) -> None:
     """Starting contexts: frames (N, H, W, 3) uint8 and actions (N, K) of the game's actions."""
     h, w = meta.frame_size
     if frames.dtype != torch.uint8 or tuple(frames.shape[1:]) != (h, w, 3) or len(frames) < 1:
-        raise CheckpointError(f"{path}: frames must be (N >= 1, {h}, {w}, 3) uint8, got "
-                              f"{tuple(frames.shape)} {frames.dtype}")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: frames must be (N >= 1, {h}, {w}, 3) uint8, got "
+            f"{tuple(frames.shape)} {frames.dtype}"
+        )
     A = len(meta.action_meanings)
     if actions.dtype != torch.int64 or tuple(actions.shape) != (len(frames), context):
-        raise CheckpointError(f"{path}: actions must be ({len(frames)}, {context}) int64, got "
-                              f"{tuple(actions.shape)} {actions.dtype}")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: actions must be ({len(frames)}, {context}) int64, got "
+            f"{tuple(actions.shape)} {actions.dtype}"
+        )
     if actions.numel() and not 0 <= int(actions.min()) <= int(actions.max()) < A:
         raise CheckpointError(
             f"{path}: actions must be in [0, {A}), got {int(actions.min())}..{int(actions.max())}"
@@ -304,8 +320,10 @@ def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBu
             f"{path}: student.safetensors and world.json's 'student' entry must come together"
         )
     if has_student:
-        check_weights(path / "student.safetensors",
-                                 lambda: Denoiser(cfg.denoiser, A, parameterization="consistency"))  # fmt: skip
+        check_weights(
+            path / "student.safetensors",
+            lambda: Denoiser(cfg.denoiser, A, parameterization="consistency"),
+        )
     model = WorldModel(cfg, A, rewards)
     files.load_weights(
         model, files.load_tensors(path / "teacher.safetensors"), path / "teacher.safetensors"
@@ -402,7 +420,8 @@ def latest_checkpoint(run: Path) -> Path:
     name = pointer.read_text(errors="replace").strip()
     if not re.fullmatch(r"step_\d{7}", name):
         raise CheckpointError(
-            f"{pointer}: expected the name of one of {run}/checkpoints/step_NNNNNNN, got {name[:80]!r}"
+            f"{pointer}: expected the name of one of {run}/checkpoints/step_NNNNNNN, "
+            f"got {name[:80]!r}"
         )
     ckpt = run / "checkpoints" / name
     old_copy = ckpt.with_name(f".{ckpt.name}.old")

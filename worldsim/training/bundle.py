@@ -60,13 +60,28 @@ def bundle(cfg: BundleConfig) -> Path:
     ds = Dataset.open(state["config"]["data"])
     frames, actions = _starts(ds, model_cfg.denoiser.context, cfg.starts)
     thresholds = calibrate(model, ds)
-    meta = {"kind": "worldsim-world", "env_id": state["env_id"], "action_meanings": state["action_meanings"],
-            "frame_size": state["frame_size"], "reward_values": state["reward_values"],
-            "model": state["model"], "keys_to_action": _keymap(state["env_id"]), "thresholds": thresholds,
-            "lives": bool(state.get("lives")) and model_cfg.reward.life_head,
-            "env": {**state["config"].get("env", {}), "id": state["env_id"], "frame_size": state["frame_size"][0]},
-            "source": {"run": str(Path(cfg.run).resolve()), "step": state["step"], "data": state["config"]["data"],
-                       **({"init": state["config"]["init"]} if state["config"].get("init") else {})}}  # fmt: skip
+    meta = {
+        "kind": "worldsim-world",
+        "env_id": state["env_id"],
+        "action_meanings": state["action_meanings"],
+        "frame_size": state["frame_size"],
+        "reward_values": state["reward_values"],
+        "model": state["model"],
+        "keys_to_action": _keymap(state["env_id"]),
+        "thresholds": thresholds,
+        "lives": bool(state.get("lives")) and model_cfg.reward.life_head,
+        "env": {
+            **state["config"].get("env", {}),
+            "id": state["env_id"],
+            "frame_size": state["frame_size"][0],
+        },
+        "source": {
+            "run": str(Path(cfg.run).resolve()),
+            "step": state["step"],
+            "data": state["config"]["data"],
+            **({"init": state["config"]["init"]} if state["config"].get("init") else {}),
+        },
+    }
 
     def write_files(tmp: Path) -> None:
         teacher = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -129,8 +144,12 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
     )
     if "config" not in state:  # taken from a world: keep where it was made
         return {k: state[k] for k in ("run", "step", "sigma_min", "sigma_max")}
-    return {"run": str(run.resolve()), "step": state["step"], "sigma_min": state["config"]["sigma_min"],
-            "sigma_max": state["config"]["sigma_max"]}  # fmt: skip
+    return {
+        "run": str(run.resolve()),
+        "step": state["step"],
+        "sigma_min": state["config"]["sigma_min"],
+        "sigma_max": state["config"]["sigma_max"],
+    }
 
 
 def _denoiser_cfg(model: dict):

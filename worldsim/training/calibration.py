@@ -17,8 +17,9 @@ from worldsim.models.world_model import WorldModel, to_unit
 
 
 @torch.no_grad()
-def reward_logits(model: WorldModel, data: SegmentSampler, index: np.ndarray, batch: int = 256
-                  ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def reward_logits(
+    model: WorldModel, data: SegmentSampler, index: np.ndarray, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """End and lost-life logits (N,) of the one-step segments `index` of `data`."""
     K, dev = data.K, model.reward_values.device
     ends, lives = [], []
@@ -43,8 +44,9 @@ def _examples(data: SegmentSampler, negatives: int, seed: int):
     return index, weights, torch.from_numpy(ends[index]), torch.from_numpy(lost[index])
 
 
-def calibrate(model: WorldModel, ds: Dataset, split: str = "train", negatives: int = 4096,
-              seed: int = 0) -> dict[str, float]:  # fmt: skip
+def calibrate(
+    model: WorldModel, ds: Dataset, split: str = "train", negatives: int = 4096, seed: int = 0
+) -> dict[str, float]:
     """{"end": logit, "life": logit} thresholds with the best F1 on `split` of `ds`."""
     data = SegmentSampler(ds, split, model.cfg.denoiser.context)
     index, weights, ends, lost = _examples(data, negatives, seed)
@@ -55,8 +57,13 @@ def calibrate(model: WorldModel, ds: Dataset, split: str = "train", negatives: i
     return out
 
 
-def end_scores(model: WorldModel, data: SegmentSampler, thresholds: dict[str, float],
-               negatives: int = 4096, seed: int = 0) -> dict[str, float]:  # fmt: skip
+def end_scores(
+    model: WorldModel,
+    data: SegmentSampler,
+    thresholds: dict[str, float],
+    negatives: int = 4096,
+    seed: int = 0,
+) -> dict[str, float]:
     """Precision and recall of the end (and lost-life) predictions over all of `data`'s
     transitions (its ends and lost lives, and a weighted draw of the others)."""
     index, weights, ends, lost = _examples(data, negatives, seed)

@@ -36,8 +36,9 @@ def load_optimizer(
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def write_checkpoint(run: Path, step: int, files: dict[str, dict[str, torch.Tensor]],
-                     state: dict, keep: int = 2) -> Path:  # fmt: skip
+def write_checkpoint(
+    run: Path, step: int, files: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2
+) -> Path:
     """Write checkpoints/step_<step>/ atomically, point `latest` at it, keep the newest `keep`."""
     root = Path(run) / "checkpoints"
     final = root / f"step_{step:07d}"
@@ -51,8 +52,10 @@ def write_checkpoint(run: Path, step: int, files: dict[str, dict[str, torch.Tens
                 f"step {step}: refusing to save {name} with non-finite values in {bad[0]}"
             )
     try:
-        sums = {f"{name}.safetensors": save_tensors(tmp / f"{name}.safetensors", tensors)
-                for name, tensors in files.items()}  # fmt: skip
+        sums = {
+            f"{name}.safetensors": save_tensors(tmp / f"{name}.safetensors", tensors)
+            for name, tensors in files.items()
+        }
         write_json(tmp / "state.json", {**state, "step": step, "checksums": sums})
     except BaseException:  # e.g. a full disk: no half-written checkpoint, the last one stays
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,9 +17,15 @@ from worldsim.sim.world import Sampler
 EULER_3 = SamplerConfig("euler", steps=3)
 
 
-def write_sample_grid(denoiser: Denoiser, data: SegmentSampler, path: Path, device,
-                      sampler: SamplerConfig = EULER_3,
-                      rows: int = 6, scale: int = 2) -> None:  # fmt: skip
+def write_sample_grid(
+    denoiser: Denoiser,
+    data: SegmentSampler,
+    path: Path,
+    device,
+    sampler: SamplerConfig = EULER_3,
+    rows: int = 6,
+    scale: int = 2,
+) -> None:
     """One row per held-out segment: its K context frames, the prediction, the real frame."""
     K = denoiser.cfg.context
     batch = data.sample(rows, np.random.default_rng(0))
