@@ -167,12 +167,14 @@ class MazeEnv(gym.Env):
         row, col = (int(i) * last + 1 for i in self.np_random.integers(0, 2, size=2))
         from_start = _distances(self.walls, (row, col))
         # The farthest tile of a tree is a dead end, so the exit shows three green faces.
-        self.goal = tuple(int(i) for i in np.unravel_index(from_start.argmax(), from_start.shape))
+        goal_row, goal_col = np.unravel_index(from_start.argmax(), from_start.shape)
+        self.goal = (int(goal_row), int(goal_col))
         self._to_goal = _distances(self.walls, self.goal)
         self.x, self.y = col + 0.5, row + 0.5
         open_ways = [i for i, (a, b) in enumerate(STEPS) if not self.walls[row + a, col + b]]
         self.heading = TURNS // 4 * int(self.np_random.choice(open_ways))
-        self._axis, self._decided_at = self.heading, None
+        self._axis = self.heading
+        self._decided_at: tuple[int, int] | None = None
         self._visits = np.zeros(self.walls.shape, int)
         return self._observe(), self._info()
 

@@ -11,9 +11,12 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -115,7 +118,7 @@ def compose(name: str, overrides: list[str], valid: list[str]) -> dict[str, Any]
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra_compose(name, overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True)
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_one_line(str(e), name, valid)) from None
 
@@ -164,9 +167,12 @@ def _field_docs(cls: type) -> dict[str, str]:
 
     docs = {}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        body = tree.body if isinstance(tree, ast.ClassDef) else []
         for node, nxt in zip(body, body[1:], strict=False):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-                if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                if isinstance(nxt.value.value, str):
                     docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import worldsim_envs  # noqa: F401  (registers worldsim/Bricks-v0 and worldsim/Maze-v0)
@@ -41,7 +41,9 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     """Make the game of `cfg`; its observations are (frame_size, frame_size, 3) uint8."""
     from worldsim_envs.adapters import PixelObservation, ResizeFrame, make_atari
 
-    limit = {} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps}
+    limit: dict[str, Any] = (
+        {} if cfg.max_episode_steps is None else {"max_episode_steps": cfg.max_episode_steps}
+    )
     if cfg.kind == "atari":
         return make_atari(
             cfg.id, cfg.frame_size, cfg.frameskip, cfg.life_loss, **limit, **cfg.kwargs

@@ -113,7 +113,7 @@ def _record(cfg: CollectConfig, rank: int, first_id: int, budget: int, queue) ->
 def collect(cfg: CollectConfig) -> Dataset:
     """Record `cfg.steps` steps of play into `cfg.out` and return the dataset."""
     env = make_env(cfg.env)
-    obs_shape = env.observation_space.shape
+    frame_size = list(env.observation_space.shape or ())[:2]
     Policy(cfg.policy, env, np.random.default_rng(0))  # fails early if the game lacks it
     lives = "lives" in env.reset(seed=cfg.seed)[1]  # the game reports lives: record lost ones
     ds = Dataset.create_or_append(
@@ -121,7 +121,7 @@ def collect(cfg: CollectConfig) -> Dataset:
         env_id=cfg.env.id,
         env=cfg.env.name,
         action_meanings=action_meanings(env),
-        frame_size=list(obs_shape[:2]),
+        frame_size=frame_size,
         test_fraction=cfg.test_fraction,
         lives=lives,
     )

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from worldsim.data.store import DataError, Dataset, load_episode
+from worldsim.data.store import DataError, Dataset, load_fields
 
 
 def cache_dir() -> Path:
@@ -65,7 +65,7 @@ class SegmentSampler:
         self.small = []  # (actions, rewards, terminated, life_lost) of each episode, in memory
         fields = ("actions", "rewards", "terminated", "life_lost")
         for e in self.entries:
-            d = load_episode(dataset.root / e["file"], fields=fields)
+            d = load_fields(dataset.root / e["file"], fields)
             self.small.append(tuple(d[k] for k in fields))
         # frame offsets of each episode inside the cache; every step ending a segment is
         # sampled with equal probability
@@ -110,14 +110,15 @@ class SegmentSampler:
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # concurrent builders don't clash
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            for e, o in zip(self.entries, self.offsets[:-1], strict=True):
-                frames = self.ds.load(e).frames
-                if len(frames) != e["length"] + 1:
+            for entry, o in zip(self.entries, self.offsets[:-1], strict=True):
+                frames = self.ds.load(entry).frames
+                n = entry["length"]
+                if len(frames) != n + 1:
                     raise DataError(
-                        f"{self.ds.root / e['file']}: {len(frames)} frames, but the "
-                        f"manifest says {e['length']} steps ({e['length'] + 1} frames)"
+                        f"{self.ds.root / entry['file']}: {len(frames)} frames, but the "
+                        f"manifest says {n} steps ({n + 1} frames)"
                     )
-                out[o : o + e["length"] + 1] = frames
+                out[o : o + n + 1] = frames
             out.flush()
             del out
             os.replace(tmp, path)

@@ -78,14 +78,22 @@ def save_episode(path: Path, ep: Episode) -> None:
         "rewards": ep.rewards.astype(np.float32),
         "terminated": ep.terminated.astype(bool),
         "truncated": ep.truncated.astype(bool),
-        "life_lost": ep.life_lost.astype(bool),
+        "life_lost": np.asarray(ep.life_lost, bool),
     }
-    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
-def load_episode(path: Path, fields: tuple[str, ...] = FIELDS + OPTIONAL) -> Episode | dict:
+def load_episode(path: Path) -> Episode:
     """Read an episode file; a damaged one raises one DataError naming the file. Optional
     fields an older file lacks come back as all False."""
+    ep = Episode(**load_fields(path, FIELDS + OPTIONAL))
+    ep.check(str(path))
+    return ep
+
+
+def load_fields(path: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Some arrays of an episode file (as `load_episode`), e.g. its actions without its
+    frames."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in fields if k in z.files or k not in OPTIONAL}
@@ -95,11 +103,7 @@ def load_episode(path: Path, fields: tuple[str, ...] = FIELDS + OPTIONAL) -> Epi
         raise DataError(f"{path}: episode file is missing") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: not a readable episode file ({type(e).__name__}: {e})") from None
-    if set(fields) != set(FIELDS + OPTIONAL):
-        return data
-    ep = Episode(**data)
-    ep.check(str(path))
-    return ep
+    return data
 
 
 def is_test_episode(episode_id: int, test_fraction: float) -> bool:
@@ -165,7 +169,7 @@ class Dataset:
             if f"episodes/{p.name}" not in known
         ]
         for path in orphans:
-            d = load_episode(path, fields=("actions", "rewards"))
+            d = load_fields(path, ("actions", "rewards"))
             self._add_entry(int(path.stem[3:]), len(d["actions"]), float(d["rewards"].sum()), "?")
         if orphans and os.access(self.root, os.W_OK):
             try:

@@ -56,7 +56,7 @@ def write_mp4(
             ffmpeg_params=params,
         ) as w:
             for frame in frames:
-                w.append_data(frame)
+                w.append_data(frame)  # type: ignore[attr-defined]  # imageio's ffmpeg writer
         tmp.replace(path)
     except (OSError, RuntimeError) as e:  # ffmpeg died: a full disk is the usual cause
         if disk_full(e) or shutil.disk_usage(path.parent).free < 2**20:

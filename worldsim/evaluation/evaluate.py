@@ -9,11 +9,12 @@ Writes report.json, psnr.png and rollouts.mp4 (real | teacher | student) to `out
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -104,7 +105,10 @@ def label(s: SamplerConfig) -> str:
 
 def scores(gen: torch.Tensor, obs: torch.Tensor, K: int) -> dict[str, list[float]]:
     """Per-horizon means: PSNR/SSIM whole and moving, sharpness generated / real."""
-    last, out = obs[:, K - 1], {k: [] for k in ("psnr", "psnr_moving", "ssim", "sharpness_ratio")}
+    last = obs[:, K - 1]
+    out: dict[str, list[float]] = {
+        k: [] for k in ("psnr", "psnr_moving", "ssim", "sharpness_ratio")
+    }
     for t in range(gen.shape[1]):
         real, g = obs[:, K + t], gen[:, t]
         out["psnr"].append(psnr(g, real).mean().item())
@@ -217,10 +221,11 @@ def action_following(
         ctx = torch.from_numpy(np.stack(frames[-K:]))[None].repeat(2, 1, 1, 1, 1)
         world.reset(ctx, torch.tensor(acts[-K:])[None].repeat(2, 1))
         gens = [torch.Generator(world.device).manual_seed(seed + i) for _ in range(2)]
-        dream = [[], []]
+        dream: list[list[np.ndarray]] = [[], []]
         for t in range(steps):
             out, *_ = world.step(torch.tensor([seq_a[t], seq_b[t]]), gens)
-            dream[0].append(out[0].cpu().numpy()), dream[1].append(out[1].cpu().numpy())
+            for i in range(2):
+                dream[i].append(out[i].cpu().numpy())
         for t in range(steps):
             m_real = np.abs(real[0][t].astype(int) - real[1][t].astype(int)).max(-1) > 0
             m_dream = np.abs(dream[0][t].astype(int) - dream[1][t].astype(int)).max(-1) > 24
@@ -254,7 +259,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     K, H = bundle.context, cfg.horizon
     test = SegmentSampler(ds, "test", K, horizon=H)
     b = _to(test.sample(cfg.starts, np.random.default_rng(cfg.seed)), device)
-    report = {
+    report: dict[str, Any] = {
         "world": str(bundle.path),
         "data": str(ds.root),
         "policy": cfg.policy or "held-out split",
@@ -273,13 +278,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         idm = train_idm(_idm_data(ds, bundle, K), A, cfg.idm_steps, seed=cfg.seed, device=device)
     for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
         world, gen = World(bundle, s, P), torch.Generator(device).manual_seed(cfg.seed)
-        g = rollout(
-            lambda ctx, a, w=world, gen=gen: w.draw(ctx, a, gen),
-            b.obs,
-            b.act,
-            K,
-            H,
-        )
+        g = rollout(functools.partial(world.draw, generator=gen), b.obs, b.act, K, H)
         videos[label(s)] = g
         report["samplers"][label(s)] = {
             "sampler": asdict(s),

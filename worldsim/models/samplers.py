@@ -18,7 +18,8 @@ import torch
 MAX_STEPS = 1000
 """Most network evaluations a sampler may take per frame (EDM's best samplers use < 100)."""
 
-SAMPLER_NAMES = ("euler", "heun", "onestep", "multistep")
+SamplerName = Literal["euler", "heun", "onestep", "multistep"]
+SAMPLER_NAMES: tuple[SamplerName, ...] = ("euler", "heun", "onestep", "multistep")
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | list[torch.Generator] | None
@@ -47,7 +48,7 @@ def randn(shape, generator: Generators = None, device=None, dtype=None) -> torch
 class SamplerConfig:
     """How a frame is drawn."""
 
-    name: Literal["euler", "heun", "onestep", "multistep"] = "euler"
+    name: SamplerName = "euler"
     """euler/heun: ODE solvers on the teacher; onestep/multistep: the consistency student."""
     steps: int = 3
     """Network evaluations (heun uses 2 per step but the last); onestep ignores it."""

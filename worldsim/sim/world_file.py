@@ -250,13 +250,14 @@ class WorldBundle:
         chosen = name or default
         if name is None and chosen == "onestep" and steps not in (None, 1):
             chosen = "multistep"
-        if chosen not in SAMPLER_NAMES:
+        known = {n: n for n in SAMPLER_NAMES}
+        if chosen not in known:
             raise ValueError(f"sampler must be euler, heun, onestep or multistep, got {chosen!r}")
         if chosen == "onestep" and steps not in (None, 1):
             raise ValueError(f"sampler 'onestep' takes one step, got steps={steps} (use multistep)")
         if steps is None:
             steps = 1 if chosen == "onestep" else 3
-        return self.fit_sampler(SamplerConfig(chosen, steps))
+        return self.fit_sampler(SamplerConfig(known[chosen], steps))
 
     def fit_sampler(self, cfg: SamplerConfig) -> SamplerConfig:
         """`cfg` at the noise levels its network was trained for: a student sampler takes the
@@ -342,11 +343,11 @@ def load_world(world: str | Path, device: str | torch.device = "cpu") -> WorldBu
         files.load_weights(
             student, files.load_tensors(path / "student.safetensors"), path / "student.safetensors"
         )
-        student = student.to(device, memory_format=torch.channels_last).eval()
+        student = student.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     meta_dict = as_dict(meta)
     keys = {tuple(k): a for k, a in meta_dict.get("keys_to_action", [])}
     # channels_last: the layout oneDNN's and cuDNN's convolutions run fastest in
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     return WorldBundle(path, meta_dict, model, student, starts["frames"], starts["actions"], keys)
 
 

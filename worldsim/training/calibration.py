@@ -27,7 +27,8 @@ def reward_logits(
         frames, act, *_ = data._gather(index[i : i + batch])
         x = to_unit(torch.from_numpy(frames).to(dev).permute(0, 1, 4, 2, 3))
         _, e, l_ = model.reward(x[:, :K], torch.from_numpy(act[:, K - 1]).to(dev), x[:, K])
-        ends.append(e.float().cpu()), lives.append(l_.float().cpu())
+        ends.append(e.float().cpu())
+        lives.append(l_.float().cpu())
     return torch.cat(ends), torch.cat(lives)
 
 
