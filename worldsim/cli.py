@@ -251,8 +251,8 @@ def _command_help(name: str, desc: str, cls) -> str:
     return "\n".join(lines)
 
 
-# commands that run the networks long enough to gain from tcmalloc (world steps included:
-# 376 against 360 frames/s at 32 bf16 worlds, 95 against 79 at one, BENCHMARKS.md)
+# commands that run the networks long enough to gain from tcmalloc (BENCHMARKS.md, "Page
+# faults at every batched step")
 HEAVY = ("train", "distill", "eval", "rl", "record", "pipeline")
 
 
