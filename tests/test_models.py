@@ -97,6 +97,8 @@ def test_euler_solves_the_ode_of_a_gaussian():
 
 
 def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
+    from worldsim.models.loss import denoising_loss
+
     torch.manual_seed(0)
     D = Denoiser(TINY, num_actions=3)
     opt = torch.optim.Adam(D.parameters(), lr=2e-3)
@@ -104,7 +106,7 @@ def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
     obs, act = torch.rand(4, 2, 3, 16, 16) * 2 - 1, torch.randint(0, 3, (4, 2))
 
     def loss_at(seed):
-        return D.loss(x0, obs, act, torch.Generator().manual_seed(seed))
+        return denoising_loss(D, x0, obs, act, torch.Generator().manual_seed(seed))
 
     with torch.no_grad():
         before = sum(loss_at(1000 + i).item() for i in range(8)) / 8

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worldsim.models.precond import Scalings, consistency_scalings, edm_scalings
@@ -133,18 +132,3 @@ class Denoiser(nn.Module):
         c_skip, c_out = s.c_skip.view(-1, 1, 1, 1), s.c_out.view(-1, 1, 1, 1)
         # = base + c_skip (x - base) + c_out F, written so that c_skip = 1, c_out = 0 gives x exactly
         return c_skip * x + (1 - c_skip) * base + c_out * F_y
-
-    def loss(self, x0, obs, act, generator: torch.Generator | None = None) -> torch.Tensor:
-        """EDM training loss (Karras et al. 2022, eq. 2 with the F-target of eq. 8), on
-        noise-augmented context (GameNGen). x0 (B, 3, H, W) and obs in [-1, 1]."""
-        cfg, B, dev = self.cfg, x0.shape[0], x0.device
-        rnd = lambda *shape: torch.randn(*shape, generator=generator, device=dev)  # noqa: E731
-        sigma = (cfg.P_mean + cfg.P_std * rnd(B)).exp()
-        noisy_ctx = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_p
-        sigma_ctx = torch.rand(B, generator=generator, device=dev) * cfg.ctx_noise_max * noisy_ctx
-        obs = obs + sigma_ctx.view(B, 1, 1, 1, 1) * rnd(*obs.shape)
-        y0 = x0 - obs[:, -1] if cfg.residual else x0
-        y = y0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
-        F_y, s = self.raw(y, sigma, obs, act, sigma_ctx)
-        target = (y0 - s.c_skip.view(B, 1, 1, 1) * y) / s.c_out.view(B, 1, 1, 1)
-        return F.mse_loss(F_y, target)

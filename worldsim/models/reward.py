@@ -115,20 +115,6 @@ class RewardEndModel(nn.Module):
             self._packed_w = (key, _refold(w, r, p, lo))
         return F.conv2d(x, self._packed_w[1], conv.bias, padding=lo)
 
-    def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None,
-             life_weight: float | None = None) -> torch.Tensor:  # fmt: skip
-        """Reward cross-entropy plus the end (and lost-life) binary cross-entropies, their
-        positive classes weighted by `end_weight` (and `life_weight`, default the same)."""
-        r_logits, e_logit, l_logit = self(obs, action, nxt)
-        bce = F.binary_cross_entropy_with_logits
-        w_end = torch.tensor(end_weight, device=obs.device)
-        loss = F.cross_entropy(r_logits, reward_idx) + bce(e_logit, end.float(), pos_weight=w_end)
-        if self.life_head:
-            w_life = torch.tensor(end_weight if life_weight is None else life_weight,
-                                  device=obs.device)  # fmt: skip
-            loss = loss + bce(l_logit, life.float(), pos_weight=w_life)
-        return loss
-
 
 def balanced_weight(positives: int, total: int) -> float:
     """Positive-class weight for a rare event: sqrt(negatives / positives), in [1, 100].
