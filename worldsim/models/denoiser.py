@@ -110,11 +110,7 @@ class Denoiser(nn.Module):
             [fourier(s.c_noise, d // 2), fourier((sigma_ctx + 1e-3).log() / 4, d // 2)], dim=1
         )
         feats = torch.cat([noise_feats, self.act_emb(act).reshape(B, -1)], dim=1)
-        if torch.is_grad_enabled():
-            cond = self.cond_mlp(feats)
-        else:  # tiny products: fp32 is as fast as bf16 on the CPU, and exact (UNet.projections)
-            with torch.autocast(x.device.type, enabled=False):
-                cond = self.cond_mlp(feats.float())
+        cond = self.cond_mlp(feats)
         c_in = s.c_in.view(B, 1, 1, 1)
         if packed:
             inp = torch.cat([(x * c_in).to(obs.dtype), obs], dim=1)
