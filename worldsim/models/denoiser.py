@@ -70,7 +70,9 @@ class Denoiser(nn.Module):
     x (B, 3, H, W) noisy next frame · sigma (B,) · obs (B, K, 3, H, W) past frames in
     [-1, 1] · act (B, K) actions (act[:, -1] is the one being taken) · sigma_ctx (B,) the
     noise level of obs. `parameterization` "consistency" gives the student of the one-step
-    head: the same network with c_skip(sigma_min) = 1, c_out(sigma_min) = 0.
+    head: the same network with c_skip(sigma_min) = 1, c_out(sigma_min) = 0. The plain
+    (training) forward; `worldsim.models.prepare` builds its inference form, and
+    `worldsim.models.loss.denoising_loss` trains it.
 
     >>> from worldsim.models.unet import UNetConfig
     >>> cfg = DenoiserConfig(unet=UNetConfig(channels=(8, 8), attention=(False, False), cond_dim=16))

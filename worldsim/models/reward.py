@@ -115,7 +115,7 @@ class RewardEndModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`packed` = r > 0: obs (B, K*3*r*r, H/r, W/r) and nxt (B, 3*r*r, H/r, W/r) come
         `pack`ed by r (as `World` keeps its context); the first convolution reads them as
-        they are where it can (`refold`)."""
+        they are where it can (`refold`, here on every call; `prepare` folds it once)."""
         B = obs.shape[0]
         if packed:
             x, first = torch.cat([obs, nxt], dim=1), self.convs[0]

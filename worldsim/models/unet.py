@@ -152,7 +152,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """(B, c_in, H, W), (B, cond_dim) -> (B, c_out, H, W).
+    """(B, c_in, H, W), (B, cond_dim) -> (B, c_out, H, W). The plain (training) forward;
+    `worldsim.models.prepare` builds its inference form.
 
     >>> net = UNet(UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8), 15, 3)
     >>> net(torch.zeros(2, 15, 16, 16), torch.zeros(2, 8)).shape
