@@ -150,13 +150,13 @@ def test_bf16_precision_is_deterministic_and_close_to_fp32(tiny_world):
     obs, act = w16.frames, torch.cat([w16.actions[:, 1:], w16.actions[:, :1]], 1)
     x16, x32 = (w.draw(obs, act, torch.Generator().manual_seed(0)) for w in (w16, w32))
     assert x16.dtype == x32.dtype == torch.float32 and not torch.equal(x16, x32)
-    # its bfloat16 weight copy draws exactly what autocast makes of the fp32 network, which
-    # the bundle keeps
+    # it draws with the student prepared in bfloat16; the bundle keeps the fp32 network
+    from worldsim.models.prepare import prepare
     from worldsim.sim.world import Sampler
 
-    with torch.autocast("cpu", torch.bfloat16):
-        auto = Sampler(w16.bundle.student, w16.sampler)(obs, act, torch.Generator().manual_seed(0))
-    assert torch.equal(auto.float(), x16) and w16.denoiser is not w16.bundle.student
+    student = prepare(w16.bundle.student, "bf16")
+    again = Sampler(student, w16.sampler)(obs, act, torch.Generator().manual_seed(0))
+    assert torch.equal(again.float(), x16) and w16.denoiser is not w16.bundle.student
     assert next(w16.bundle.student.parameters()).dtype == torch.float32
     # play switches sampler at run time: the teacher gets its own bfloat16 copy
     student16 = w16.denoiser

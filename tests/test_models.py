@@ -97,6 +97,8 @@ def test_euler_solves_the_ode_of_a_gaussian():
 
 
 def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
+    from worldsim.models.loss import denoising_loss
+
     torch.manual_seed(0)
     D = Denoiser(TINY, num_actions=3)
     opt = torch.optim.Adam(D.parameters(), lr=2e-3)
@@ -104,7 +106,7 @@ def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
     obs, act = torch.rand(4, 2, 3, 16, 16) * 2 - 1, torch.randint(0, 3, (4, 2))
 
     def loss_at(seed):
-        return D.loss(x0, obs, act, torch.Generator().manual_seed(seed))
+        return denoising_loss(D, x0, obs, act, torch.Generator().manual_seed(seed))
 
     with torch.no_grad():
         before = sum(loss_at(1000 + i).item() for i in range(8)) / 8
@@ -154,24 +156,11 @@ def test_packed_context_gives_the_plain_context_values(stem, residual):
     """`World` keeps its context `pack`ed by the stem; the denoiser and the reward model read
     it so (the reward model's first convolution re-folded for the packed layout where its
     stride allows, unpacked otherwise), the denoiser also taking and giving the frame
-    packed, with the values plain frames give, up to rounding."""
-    from worldsim.models.denoiser import Denoiser, DenoiserConfig
-    from worldsim.models.reward import RewardConfig, RewardEndModel
+    packed, with the values plain frames give, up to rounding, with autograd too."""
     from worldsim.models.unet import pack, unpack
 
-    torch.manual_seed(0)
-    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=stem)
-    D = Denoiser(DenoiserConfig(context=2, unet=unet, residual=residual), num_actions=3)
-    R = RewardEndModel(RewardConfig((8, 8), life_head=True), 2, num_actions=3, num_rewards=4)
-    for p in [*D.parameters(), *R.parameters()]:  # zero-initialised layers would hide work
-        torch.nn.init.normal_(p, std=0.2)
-    obs, nxt = torch.rand(3, 2, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
-    x, act, sigma, zero = (
-        torch.randn(3, 3, 32, 32),
-        torch.randint(0, 3, (3, 2)),
-        torch.ones(3),
-        torch.zeros(3),
-    )
+    D, R = _random_nets(stem, residual)
+    obs, nxt, x, act, sigma, zero = _inputs()
     ctx = pack(obs.reshape(3, 6, 32, 32), stem)
     with torch.no_grad():
         got = unpack(D(pack(x, stem), sigma, ctx, act, zero, packed=True), stem)
@@ -179,12 +168,7 @@ def test_packed_context_gives_the_plain_context_values(stem, residual):
         packed, plain = R(ctx, act[:, -1], pack(nxt, stem), packed=stem), R(obs, act[:, -1], nxt)
         for a, b in zip(packed, plain, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-        R.convs[0].weight.mul_(-1)  # an in-place update must reach the re-folded weights
-        changed = R(ctx, act[:, -1], pack(nxt, stem), packed=stem)[0]
-        torch.testing.assert_close(changed, R(obs, act[:, -1], nxt)[0], rtol=1e-4, atol=1e-4)
-        assert (changed - packed[0]).abs().max() > 1e-3
-    for _ in range(2):  # with autograd the re-folded weights are rebuilt, never cached
-        R(ctx, act[:, -1], pack(nxt, stem), packed=stem)[0].sum().backward()
+    R(ctx, act[:, -1], pack(nxt, stem), packed=stem)[0].sum().backward()
     assert R.convs[0].weight.grad is not None
 
 
@@ -214,54 +198,117 @@ def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
     torch.testing.assert_close(unpack(packed, 2), plain, rtol=1e-4, atol=1e-4)
 
 
+def _random_nets(stem: int, residual: bool = False):
+    """A tiny denoiser and reward model with random weights, every layer nonzero (the
+    zero-initialised ones would hide the blocks' work)."""
+    from worldsim.models.reward import RewardConfig, RewardEndModel
+
+    torch.manual_seed(0)
+    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=stem)
+    D = Denoiser(DenoiserConfig(context=2, unet=unet, residual=residual), num_actions=3)
+    R = RewardEndModel(RewardConfig((8, 8), life_head=True), 2, num_actions=3, num_rewards=4)
+    for p in [*D.parameters(), *R.parameters()]:
+        torch.nn.init.normal_(p, std=0.2)
+    return D, R
+
+
+def _inputs():
+    """obs (3, 2, 3, 32, 32), nxt and x (3, 3, 32, 32), act (3, 2), sigma and sigma_ctx (3,)."""
+    g = torch.Generator().manual_seed(1)
+    obs = torch.rand(3, 2, 3, 32, 32, generator=g) * 2 - 1
+    nxt = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    x, act = torch.randn(3, 3, 32, 32, generator=g), torch.randint(0, 3, (3, 2), generator=g)
+    return obs, nxt, x, act, torch.tensor([0.3, 1.0, 4.0]), torch.tensor([0.0, 0.1, 0.3])
+
+
+def _every_fast_path(monkeypatch):
+    """Take the fused kernels at every size, so that tiny networks exercise them too."""
+    from worldsim.models import fused
+
+    monkeypatch.setattr(fused, "CONV_ADD_MIN", 0)
+    monkeypatch.setattr(fused, "FUSE_MIN", 0)
+
+
+def _outputs(D, R, stem, dtype=torch.float32):
+    """The denoiser's x0 and the reward model's outputs, from plain and packed context (as
+    `World` keeps it, in `dtype`), all as plain fp32 tensors."""
+    from worldsim.models.unet import pack, unpack
+
+    obs, nxt, x, act, sigma, sigma_ctx = _inputs()
+    ctx, nxt_p = pack(obs.reshape(3, 6, 32, 32), stem, dtype), pack(nxt, stem, dtype)
+    with torch.no_grad():
+        x0_p = D(pack(x, stem), sigma, ctx, act, sigma_ctx, packed=True)
+        return [
+            D(x, sigma, obs, act, sigma_ctx),
+            unpack(x0_p.float(), stem),
+            *R(obs, act[:, -1], nxt),
+            *R(ctx, act[:, -1], nxt_p, packed=stem),
+        ]
+
+
+@pytest.mark.parametrize("stem,residual", [(1, False), (2, False), (2, True), (4, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_prepared_networks_equal_the_plain_ones(stem, residual, channels_last, monkeypatch):
+    """`prepare` (folded stem, joined projections, fused scale/shift and residual adds,
+    re-folded reward convolution) computes the plain networks' function: the denoiser and
+    the reward model, plain and packed context, equal up to fp32 rounding."""
+    from worldsim.models.prepare import prepare
+
+    _every_fast_path(monkeypatch)
+    D, R = _random_nets(stem, residual)
+    if channels_last:  # as worlds load them: the layout the fused kernels need
+        D, R = (m.to(memory_format=torch.channels_last) for m in (D, R))
+    plain = _outputs(D, R, stem)
+    fast = _outputs(prepare(D, "fp32"), prepare(R, "fp32"), stem)
+    for a, b in zip(fast, plain, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stem", [1, 2, 4])
-def test_inference_path_gives_the_training_path_values(stem):
-    """Without autograd the network works in place, fuses the adaptive scale and shift into
-    one multiply-add and runs pixel-unshuffle + stem conv as one strided convolution: the
-    same function, equal up to fp32 rounding."""
-    from worldsim.models.unet import UNet
+def test_prepared_bf16_networks_are_close_to_the_plain_ones(stem, monkeypatch):
+    """In bf16 (weights, activations and the context World keeps) the prepared networks stay
+    within bfloat16 rounding of the plain fp32 ones."""
+    from worldsim.models.prepare import prepare
 
-    torch.manual_seed(0)
-    cfg = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8, stem=stem)
-    net = UNet(cfg, 15, 3)
-    for p in net.parameters():  # zero-initialised layers would hide the blocks' work
-        torch.nn.init.normal_(p, std=0.2)
-    x, cond = torch.randn(2, 15, 32, 32), torch.randn(2, 8)
-    with torch.enable_grad():
-        trained = net(x, cond).detach()
+    _every_fast_path(monkeypatch)
+    D, R = (m.to(memory_format=torch.channels_last) for m in _random_nets(stem))
+    plain = _outputs(D, R, stem)
+    fast = _outputs(prepare(D, "bf16"), prepare(R, "bf16"), stem, torch.bfloat16)
+    for a, b in zip(fast, plain, strict=True):  # (bf16 spacing at 2-4 is 0.016-0.03)
+        torch.testing.assert_close(a.float(), b, rtol=0.02, atol=0.02)
+
+
+def test_prepared_network_is_a_frozen_snapshot():
+    """A prepared network has no gradients, runs in eval mode and leaves the network as it
+    was; later changes to the network's weights do not reach it until it is prepared again."""
+    from worldsim.models.prepare import prepare
+
+    D, _ = _random_nets(2)
+    obs, _, x, act, sigma, sigma_ctx = _inputs()
+    fast = prepare(D)
+    assert not fast.training and not any(p.requires_grad for p in fast.parameters())
+    assert D.training and all(p.requires_grad for p in D.parameters())
+    before = fast(x, sigma, obs, act, sigma_ctx)
+    assert not before.requires_grad
     with torch.no_grad():
-        inferred = net(x, cond)
-    assert inferred.shape == trained.shape
-    torch.testing.assert_close(inferred, trained, rtol=1e-5, atol=1e-5)
-
-
-def test_joined_projections_follow_weight_updates():
-    """Without autograd the adaptive norms' projections come from one joined fp32 product;
-    when training (or an EMA) changes the weights in place, inference must see the change."""
-    from worldsim.models.unet import UNet
-
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=8), 15, 3)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    x, cond = torch.randn(2, 15, 32, 32), torch.randn(2, 8)
-    with torch.no_grad():
-        before = net(x, cond)
-        for name, p in net.named_parameters():
-            if ".proj." in name:
+        for name, p in D.named_parameters():
+            if ".proj." in name or "stem" in name:
                 p.mul_(1.5)
-        after = net(x, cond)
-    with torch.enable_grad():
-        trained = net(x, cond).detach()
-    assert (after - before).abs().max() > 1e-2
-    torch.testing.assert_close(after, trained, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast(x, sigma, obs, act, sigma_ctx), before, rtol=0, atol=0)
+    with torch.no_grad():
+        want = D(x, sigma, obs, act, sigma_ctx)
+    assert (want - before).abs().max() > 1e-2
+    torch.testing.assert_close(prepare(D)(x, sigma, obs, act, sigma_ctx), want)
+    with pytest.raises(ValueError, match="fp32 or bf16, got 'fp16'"):
+        prepare(D, "fp16")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_conv_add_matches_conv_then_add(dtype):
     """The residual add done by the convolution (large channels-last inputs, no autograd)
     gives conv(x) + other up to rounding, in the input layout, leaving `other` as it was."""
-    from worldsim.models import unet
+    from worldsim.models import fused
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype, memory_format=torch.channels_last)
@@ -269,14 +316,14 @@ def test_conv_add_matches_conv_then_add(dtype):
     x = torch.randn(4, 64, 32, 32).to(dtype, memory_format=cl)
     other = torch.randn(4, 64, 32, 32).to(dtype, memory_format=cl)
     kept = other.clone()
-    assert other.numel() >= unet.CONV_ADD_MIN and unet._CONV_ADD is not None  # fused here
+    assert other.numel() >= fused.CONV_ADD_MIN and fused._CONV_ADD is not None  # fused here
     # (or, on a CPU without the fused bf16 kernel, the fallback: the same values)
     ref = copy.deepcopy(conv).float()
     with torch.no_grad():
-        got = unet.conv_add(conv, x, other)
+        got = fused.conv_add(conv, x, other)
         want = ref(x.float()) + other.float()
         xs, os = x[:1, :, :8, :8].contiguous(memory_format=cl), other[:1, :, :8, :8]
-        small = unet.conv_add(conv, xs, os)  # the plain path
+        small = fused.conv_add(conv, xs, os)  # the plain path
         want_small = ref(xs.float()) + os.float()
     assert got.dtype == dtype and got.is_contiguous(memory_format=cl) and torch.equal(other, kept)
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16 spacing at |y| ~ 4-8 is 0.03
@@ -288,7 +335,7 @@ def test_conv_add_falls_back_where_the_cpu_lacks_the_fused_kernel(monkeypatch):
     """oneDNN's fused bf16 convolution-add needs AVX-512 or AVX-NE-CONVERT: on an AVX2 CPU
     it raises, and conv_add then gives conv(x) + other by the plain path, from then on
     without trying the fused op again for that dtype."""
-    from worldsim.models import unet
+    from worldsim.models import fused
 
     calls = []
 
@@ -296,8 +343,8 @@ def test_conv_add_falls_back_where_the_cpu_lacks_the_fused_kernel(monkeypatch):
         calls.append(args)
         raise RuntimeError("mkldnn pointwise binary: bf16 path needs the cpu support ...")
 
-    monkeypatch.setattr(unet, "_CONV_ADD", refuse)
-    monkeypatch.setattr(unet, "_CONV_ADD_UNSUPPORTED", set())
+    monkeypatch.setattr(fused, "_CONV_ADD", refuse)
+    monkeypatch.setattr(fused, "_CONV_ADD_UNSUPPORTED", set())
     torch.manual_seed(0)
     cl = torch.channels_last
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=cl)
@@ -305,25 +352,27 @@ def test_conv_add_falls_back_where_the_cpu_lacks_the_fused_kernel(monkeypatch):
     other = torch.randn(4, 64, 32, 32).to(memory_format=cl)
     with torch.no_grad():
         want = conv(x) + other
-        got = unet.conv_add(conv, x, other)
-        again = unet.conv_add(conv, x, other)
+        got = fused.conv_add(conv, x, other)
+        again = fused.conv_add(conv, x, other)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(again, want)
-    assert len(calls) == 1 and unet._CONV_ADD_UNSUPPORTED == {torch.float32}
+    assert len(calls) == 1 and fused._CONV_ADD_UNSUPPORTED == {torch.float32}
 
     def fails(*args):  # any other error of the fused op is the caller's to see
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(unet, "_CONV_ADD", fails)
-    monkeypatch.setattr(unet, "_CONV_ADD_UNSUPPORTED", set())
+    monkeypatch.setattr(fused, "_CONV_ADD", fails)
+    monkeypatch.setattr(fused, "_CONV_ADD_UNSUPPORTED", set())
     with torch.no_grad(), pytest.raises(RuntimeError, match="out of memory"):
-        unet.conv_add(conv, x, other)
+        fused.conv_add(conv, x, other)
 
 
 def test_fused_bf16_group_norm_matches_fp32():
     """Large bf16 channels-last inputs with 6 channels per group at 16x16 are normalised in
-    fp32, and, in an adaptive norm without autograd, as x*a + b from fp32 sums (scale and
-    shift included); the results stay within bf16 rounding."""
+    fp32, and, in a prepared adaptive norm, as x*a + b from fp32 sums (scale and shift
+    included); the results stay within bf16 rounding."""
+    from worldsim.models.fused import fuses
+    from worldsim.models.prepare import ada_norm
     from worldsim.models.unet import AdaGroupNorm, GroupNorm
 
     torch.manual_seed(0)
@@ -333,7 +382,7 @@ def test_fused_bf16_group_norm_matches_fp32():
     x = (torch.randn(32, 96, 16, 16) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
     xb = x.bfloat16()
     with torch.no_grad():
-        assert norm.fuse(xb) and not norm.fuse(xb[:2])
+        assert fuses(norm, xb) and not fuses(norm, xb[:2]) and not fuses(norm, x)
         y = norm(xb)
         ref = torch.nn.functional.group_norm(
             xb.double(), 16, norm.weight.double(), norm.bias.double()
@@ -342,8 +391,10 @@ def test_fused_bf16_group_norm_matches_fp32():
         assert (y.double() - ref).abs().max() < 0.06  # bf16 spacing at |y| ~ 4-8 is 0.03
         ada = AdaGroupNorm(96, 8)
         cond = torch.randn(32, 8)
-        scale, shift = ada.proj(cond)[:, :, None, None].double().chunk(2, dim=1)
+        scale, shift = ada.proj(cond)[:, :, None, None].chunk(2, dim=1)
         want = torch.nn.functional.silu(
-            torch.nn.functional.group_norm(xb.double(), 16) * (1 + scale) + shift
+            torch.nn.functional.group_norm(xb.double(), 16) * (1 + scale.double()) + shift.double()
         )
-        assert (ada(xb, cond, silu=True).double() - want).abs().max() < 0.06
+        assert (ada(xb, cond).double() - want).abs().max() < 0.06
+        got = ada_norm(ada.norm, xb, 1 + scale, shift)
+        assert got.dtype == torch.bfloat16 and (got.double() - want).abs().max() < 0.06

@@ -130,10 +130,16 @@ def warn_if_bf16_emulated(device, stacklevel: int = 3) -> None:
         )
 
 
+def resolve_precision(device, precision: str) -> str:
+    """fp32 or bf16: a training precision on `device`, auto resolved (bf16 where it is fast)."""
+    check_precision(precision, TRAIN_PRECISIONS)
+    on = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+    return "bf16" if on else "fp32"
+
+
 def autocast(device, precision: str):
     """The autocast context of a training precision: auto (bf16 where it is fast), fp32, bf16."""
     import torch
 
-    check_precision(precision, TRAIN_PRECISIONS)
-    on = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+    on = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)

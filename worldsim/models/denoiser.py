@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worldsim.models.precond import Scalings, consistency_scalings, edm_scalings
@@ -71,7 +70,9 @@ class Denoiser(nn.Module):
     x (B, 3, H, W) noisy next frame · sigma (B,) · obs (B, K, 3, H, W) past frames in
     [-1, 1] · act (B, K) actions (act[:, -1] is the one being taken) · sigma_ctx (B,) the
     noise level of obs. `parameterization` "consistency" gives the student of the one-step
-    head: the same network with c_skip(sigma_min) = 1, c_out(sigma_min) = 0.
+    head: the same network with c_skip(sigma_min) = 1, c_out(sigma_min) = 0. The plain
+    (training) forward; `worldsim.models.prepare` builds its inference form, and
+    `worldsim.models.loss.denoising_loss` trains it.
 
     >>> from worldsim.models.unet import UNetConfig
     >>> cfg = DenoiserConfig(unet=UNetConfig(channels=(8, 8), attention=(False, False), cond_dim=16))
@@ -111,11 +112,7 @@ class Denoiser(nn.Module):
             [fourier(s.c_noise, d // 2), fourier((sigma_ctx + 1e-3).log() / 4, d // 2)], dim=1
         )
         feats = torch.cat([noise_feats, self.act_emb(act).reshape(B, -1)], dim=1)
-        if torch.is_grad_enabled():
-            cond = self.cond_mlp(feats)
-        else:  # tiny products: fp32 is as fast as bf16 on the CPU, and exact (UNet.projections)
-            with torch.autocast(x.device.type, enabled=False):
-                cond = self.cond_mlp(feats.float())
+        cond = self.cond_mlp(feats)
         c_in = s.c_in.view(B, 1, 1, 1)
         if packed:
             inp = torch.cat([(x * c_in).to(obs.dtype), obs], dim=1)
@@ -133,18 +130,3 @@ class Denoiser(nn.Module):
         c_skip, c_out = s.c_skip.view(-1, 1, 1, 1), s.c_out.view(-1, 1, 1, 1)
         # = base + c_skip (x - base) + c_out F, written so that c_skip = 1, c_out = 0 gives x exactly
         return c_skip * x + (1 - c_skip) * base + c_out * F_y
-
-    def loss(self, x0, obs, act, generator: torch.Generator | None = None) -> torch.Tensor:
-        """EDM training loss (Karras et al. 2022, eq. 2 with the F-target of eq. 8), on
-        noise-augmented context (GameNGen). x0 (B, 3, H, W) and obs in [-1, 1]."""
-        cfg, B, dev = self.cfg, x0.shape[0], x0.device
-        rnd = lambda *shape: torch.randn(*shape, generator=generator, device=dev)  # noqa: E731
-        sigma = (cfg.P_mean + cfg.P_std * rnd(B)).exp()
-        noisy_ctx = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_p
-        sigma_ctx = torch.rand(B, generator=generator, device=dev) * cfg.ctx_noise_max * noisy_ctx
-        obs = obs + sigma_ctx.view(B, 1, 1, 1, 1) * rnd(*obs.shape)
-        y0 = x0 - obs[:, -1] if cfg.residual else x0
-        y = y0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
-        F_y, s = self.raw(y, sigma, obs, act, sigma_ctx)
-        target = (y0 - s.c_skip.view(B, 1, 1, 1) * y) / s.c_out.view(B, 1, 1, 1)
-        return F.mse_loss(F_y, target)

@@ -36,17 +36,50 @@ class RewardConfig:
             raise ValueError(f"model.reward.end_weight must be in [0, 1e6], got {self.end_weight}")
 
 
-def _refold(w: torch.Tensor, r: int, p: int, lo: int) -> torch.Tensor:
-    """The weights (O, C*r*r, 2*lo+1, 2*lo+1) of a stride-1 convolution of `pack`ed frames
-    that computes the stride-r, padding-p convolution w (O, C, k, k) of the frames."""
-    out_c, in_c, k = w.shape[0], w.shape[1], w.shape[-1]
+def refold(conv: nn.Conv2d, r: int) -> tuple[torch.Tensor, int] | None:
+    """(weights, padding) of a stride-1 convolution of frames `pack`ed by r that computes the
+    stride-r convolution `conv` of the frames themselves, or None where `conv` has no such
+    form (another stride, uneven reach): a 4x4 stride-2 convolution of 15 channels becomes
+    a 3x3 one of 60, the same sums, read straight from the packed context.
+
+    >>> conv = nn.Conv2d(3, 4, 4, 2, 1)
+    >>> w, p = refold(conv, 2)
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> y = F.conv2d(F.pixel_unshuffle(x, 2), w, conv.bias, padding=p)
+    >>> torch.allclose(y, conv(x), atol=1e-5)
+    True
+    """
+    (k, k2), p = conv.kernel_size, conv.padding
+    if (
+        not isinstance(p, tuple)
+        or p[0] != p[1]
+        or k != k2
+        or conv.stride != (r, r)
+        or conv.dilation != (1, 1)
+        or conv.groups != 1
+    ):
+        return None
+    p = p[0]
+    lo, hi = -(-p // r), (k - 1 - p) // r  # reach in cells
+    if lo != hi:
+        return None
+    w = conv.weight  # (O, C, k, k)
+    out_c, in_c = w.shape[0], w.shape[1]
     big = w.new_zeros(out_c, in_c, r * (2 * lo + 1), r * (2 * lo + 1))
     big[:, :, r * lo - p : r * lo - p + k, r * lo - p : r * lo - p + k] = w
     big = big.view(out_c, in_c, 2 * lo + 1, r, 2 * lo + 1, r).permute(0, 1, 3, 5, 2, 4)
     big = big.reshape(out_c, in_c * r * r, 2 * lo + 1, 2 * lo + 1)
     if w.is_contiguous(memory_format=torch.channels_last):
         big = big.contiguous(memory_format=torch.channels_last)
-    return big
+    return big, lo
+
+
+def conv_packed(conv: nn.Conv2d, x: torch.Tensor, r: int, folded) -> torch.Tensor:
+    """conv(unpack(x, r)) of frames x `pack`ed by r, given `folded` = refold(conv, r): run on
+    x itself where the convolution has a folded form."""
+    if folded is None:
+        return conv(unpack(x, r))
+    return F.conv2d(x, folded[0], conv.bias, padding=folded[1])
 
 
 class RewardEndModel(nn.Module):
@@ -81,53 +114,22 @@ class RewardEndModel(nn.Module):
         self, obs, action, nxt, packed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`packed` = r > 0: obs (B, K*3*r*r, H/r, W/r) and nxt (B, 3*r*r, H/r, W/r) come
-        `pack`ed by r (as `World` keeps its context), in the dtype the model runs in."""
-        B, n = obs.shape[0], self.num_rewards
+        `pack`ed by r (as `World` keeps its context); the first convolution reads them as
+        they are where it can (`refold`, here on every call; `prepare` folds it once)."""
+        B = obs.shape[0]
         if packed:
-            h = self.convs[1:](self._first_conv_packed(torch.cat([obs, nxt], dim=1), packed))
+            x, first = torch.cat([obs, nxt], dim=1), self.convs[0]
+            h = self.convs[1:](conv_packed(first, x, packed, refold(first, packed)))
         else:
             h = self.convs(torch.cat([obs.reshape(B, -1, *obs.shape[-2:]), nxt], dim=1))
-        h = torch.cat([h.amax(dim=(2, 3)), self.act_emb(action)], dim=1)
-        out = self.head(h)
+        return self.head_outputs(h, action)
+
+    def head_outputs(self, h: torch.Tensor, action: torch.Tensor):
+        """The convolutions' features h (B, C, h, w) and the action -> the three outputs."""
+        B, n = h.shape[0], self.num_rewards
+        out = self.head(torch.cat([h.amax(dim=(2, 3)), self.act_emb(action)], dim=1))
         life = out[:, n + 1] if self.life_head else out.new_full((B,), float("-inf"))
         return out[:, :n], out[:, n], life
-
-    def _first_conv_packed(self, x: torch.Tensor, r: int) -> torch.Tensor:
-        """The first convolution of unpack(x, r), run on the packed x itself: a stride-r
-        convolution of the full-resolution frames is a stride-1 one of the pixel-unshuffled
-        frames, with its weights rearranged (computed once, again when they change). Here,
-        a 3x3 convolution of 60 channels instead of a 4x4 stride-2 one of 15: the same sums,
-        in the layout oneDNN runs fastest (a quarter of the reward model's time at batch 32
-        on the 2-core dev CPU, with the casts and copies the plain input needs)."""
-        conv = self.convs[0]
-        (k, k2), p = conv.kernel_size, conv.padding
-        plain = (not isinstance(p, tuple) or p[0] != p[1] or k != k2 or conv.stride != (r, r)
-                 or conv.dilation != (1, 1) or conv.groups != 1)  # fmt: skip
-        lo, hi = (0, 1) if plain else (-(-p[0] // r), (k - 1 - p[0]) // r)  # reach in cells
-        if plain or lo != hi:
-            return conv(unpack(x, r))
-        p = p[0]
-        w = conv.weight
-        if torch.is_grad_enabled():  # (a cached weight would keep a stale graph)
-            return F.conv2d(x, _refold(w, r, p, lo), conv.bias, padding=lo)
-        key = (w.data_ptr(), w._version, r)
-        if getattr(self, "_packed_w", (None,))[0] != key:
-            self._packed_w = (key, _refold(w, r, p, lo))
-        return F.conv2d(x, self._packed_w[1], conv.bias, padding=lo)
-
-    def loss(self, obs, action, nxt, reward_idx, end, end_weight: float, life=None,
-             life_weight: float | None = None) -> torch.Tensor:  # fmt: skip
-        """Reward cross-entropy plus the end (and lost-life) binary cross-entropies, their
-        positive classes weighted by `end_weight` (and `life_weight`, default the same)."""
-        r_logits, e_logit, l_logit = self(obs, action, nxt)
-        bce = F.binary_cross_entropy_with_logits
-        w_end = torch.tensor(end_weight, device=obs.device)
-        loss = F.cross_entropy(r_logits, reward_idx) + bce(e_logit, end.float(), pos_weight=w_end)
-        if self.life_head:
-            w_life = torch.tensor(end_weight if life_weight is None else life_weight,
-                                  device=obs.device)  # fmt: skip
-            loss = loss + bce(l_logit, life.float(), pos_weight=w_life)
-        return loss
 
 
 def balanced_weight(positives: int, total: int) -> float:

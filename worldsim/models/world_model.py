@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from worldsim.models.denoiser import Denoiser, DenoiserConfig
+from worldsim.models.loss import denoising_loss, reward_loss
 from worldsim.models.reward import RewardConfig, RewardEndModel
 
 
@@ -32,7 +33,10 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 class WorldModel(nn.Module):
-    """Denoiser + reward/end model; `forward` returns the training loss of a batch."""
+    """Denoiser + reward/end model, trained together. `forward` is the training loss of a
+    batch, `loss.denoising_loss` plus `loss.reward_loss`: the networks' own forwards are
+    their plain ones, and this one is where DistributedDataParallel, which synchronises
+    gradients through the forward of the module it wraps, enters the pair."""
 
     def __init__(self, cfg: ModelConfig, num_actions: int, reward_values: list[float]):
         super().__init__()
@@ -50,8 +54,9 @@ class WorldModel(nn.Module):
         """Class of each reward: the nearest of the known reward values."""
         return (rewards[:, None] - self.reward_values[None]).abs().argmin(dim=1)
 
-    def forward(self, obs, act, rew, end, generator=None, life=None, denoiser: bool = True
-                ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    def forward(
+        self, obs, act, rew, end, generator=None, life=None, denoiser: bool = True
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """obs (B, K+1, 3, H, W) uint8, act (B, K), rew (B,), end (B,), life (B,) -> loss,
         metrics. `denoiser=False` leaves the denoiser out (training the reward model alone);
         the metric `loss` is then the reward model's."""
@@ -59,11 +64,11 @@ class WorldModel(nn.Module):
         frames = to_unit(obs)
         ctx, x0 = frames[:, :K], frames[:, K]
         life = torch.zeros_like(end) if life is None else life
-        loss_r = self.reward.loss(
-            ctx, act[:, -1], x0, self.reward_index(rew), end, self.end_weight, life,
-            self.life_weight,
-        )  # fmt: skip
+        idx = self.reward_index(rew)
+        loss_r = reward_loss(
+            self.reward, ctx, act[:, -1], x0, idx, end, self.end_weight, life, self.life_weight
+        )
         if not denoiser:
             return loss_r, {"loss": loss_r.item(), "reward_loss": loss_r.item()}
-        loss_d = self.denoiser.loss(x0, ctx, act, generator)
+        loss_d = denoising_loss(self.denoiser, x0, ctx, act, generator)
         return loss_d + loss_r, {"loss": loss_d.item(), "reward_loss": loss_r.item()}

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from worldsim.models.denoiser import Denoiser
+from worldsim.models.prepare import prepare
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
 from worldsim.models.unet import pack, unpack
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.runtime import check_precision, keep_freed_memory, warn_if_bf16_emulated
 
 
-def bf16_weights(net: nn.Module) -> nn.Module:
-    """A copy of `net` with its convolutions stored in bfloat16: what autocast would cast them
-    to on every call, cast once: the same frames, and no per-call weight copies (bf16 batch 1
-    went from 60 to 77 frames/s on the 2-core dev CPU). Linear layers stay fp32: the
-    denoiser's conditioning path runs them in fp32 without autograd (`UNet.projections`)."""
-    net = copy.deepcopy(net)
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            m.to(torch.bfloat16)
-    return net
-
-
 class Sampler:
-    """A sampler bound to the network it evaluates (as DIAMOND's `DiffusionSampler`): draws
-    next frames from context frames and actions.
+    """A sampler bound to the network it evaluates (as DIAMOND's `DiffusionSampler`: a
+    `Denoiser`, or one `prepare`d): draws next frames from context frames and actions.
 
     `sampler(obs, act)` draws the next frame (B, 3, H, W) in [-1, 1] from obs (B, K, 3, H, W)
     in [-1, 1] and act (B, K), where act[:, -1] is the action being taken now. `ctx_noise`
@@ -39,7 +27,7 @@ class Sampler:
     as for plain frames, then packed, so the frames are the plain path's up to rounding.
     """
 
-    def __init__(self, denoiser: Denoiser, cfg: SamplerConfig):
+    def __init__(self, denoiser: Denoiser | nn.Module, cfg: SamplerConfig):
         self.denoiser, self.cfg = denoiser, cfg
 
     @torch.no_grad()
@@ -85,11 +73,12 @@ class Step(NamedTuple):
 class World:
     """N dreams stepped together by one batched network call per step.
 
-    `precision="bf16"` runs the denoiser and the reward/end model under bfloat16 autocast:
-    faster on CPUs with AMX and on GPUs, frames a little off fp32's. (The shipped Bricks
-    world's bf16 reward/end model agrees with fp32 on all 19,862 held-out transitions.) They
-    run as copies with bfloat16 convolution weights, made on first use (for the teacher,
-    when a sampler switch first needs it), so autocast does not re-cast them.
+    The networks run `prepare`d in this world's precision: frozen inference copies, made
+    once (the teacher's when a sampler first needs it). `precision="bf16"` runs them in
+    bfloat16: faster on CPUs with AMX and on GPUs, frames a little off fp32's. (The shipped
+    Bricks world's bf16 reward/end model agrees with fp32 on all 19,862 held-out
+    transitions.) The bundle's networks are left as they are; a world made before their
+    weights change keeps the weights it was made with.
 
     State: the last K frames, quantised to uint8 levels as the user sees them, and the K
     actions that produced them (`actions`, (N, K)). The frames are kept the way the network
@@ -107,7 +96,9 @@ class World:
             keep_freed_memory()
         if self.precision == "bf16":
             warn_if_bf16_emulated(self.device)
-        self._bf16: dict[str, nn.Module] = {}  # bfloat16-weight copies, made when first used
+        self._prepared: dict[str, nn.Module] = {}  # by role: teacher, student
+        self.reward = prepare(self.model.reward, self.precision)
+        """The reward/end model, prepared."""
         self._r = bundle.model.denoiser.cfg.unet.stem
         # bf16 context where the network reads it in bf16 anyway; a residual denoiser also
         # adds its last frame to the output, which must stay exact
@@ -122,14 +113,16 @@ class World:
     @property
     def sampler(self) -> SamplerConfig:
         """How frames are drawn; setting it binds the sampler to its network (student or
-        teacher, in this world's precision)."""
+        teacher), prepared in this world's precision the first time it is bound."""
         return self._sampler.cfg
 
     @sampler.setter
     def sampler(self, cfg: SamplerConfig) -> None:
         cfg = self.bundle.fit_sampler(cfg)
         which = "student" if cfg.uses_student else "teacher"
-        self._sampler = Sampler(self._in_precision(which, self.bundle.denoiser_for(cfg)), cfg)
+        if which not in self._prepared:
+            self._prepared[which] = prepare(self.bundle.denoiser_for(cfg), self.precision)
+        self._sampler = Sampler(self._prepared[which], cfg)
 
     @property
     def frames(self) -> torch.Tensor | None:
@@ -152,21 +145,9 @@ class World:
         self._ctx[index], self.actions[index] = saved
 
     @property
-    def denoiser(self) -> Denoiser:
-        """The network the sampler evaluates (with bfloat16 weights under precision="bf16")."""
+    def denoiser(self) -> nn.Module:
+        """The network the sampler evaluates, prepared."""
         return self._sampler.denoiser
-
-    @property
-    def reward(self) -> nn.Module:
-        """The reward/end model (with bfloat16 weights under precision="bf16")."""
-        return self._in_precision("reward", self.model.reward)
-
-    def _in_precision(self, which: str, net: nn.Module) -> nn.Module:
-        if self.precision == "bf16":
-            if which not in self._bf16:
-                self._bf16[which] = bf16_weights(net)
-            net = self._bf16[which]
-        return net
 
     def reset(
         self, frames: torch.Tensor, actions: torch.Tensor, index: torch.Tensor | None = None
@@ -188,19 +169,17 @@ class World:
     ) -> torch.Tensor:
         """The next frames of plain (unpacked) context, with this world's sampler and
         precision (fp32 out)."""
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            return self._sampler(obs, act, generator).float()
+        return self._sampler(obs, act, generator).float()
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: Generators = None) -> Step:
         """Advance every dream by one action (N,)."""
         actions = actions.to(self.device, torch.int64)
         act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            x = self._sampler(self._ctx, act, generator, packed=True)
-            frame = to_uint8(x.float())  # packed
-            nxt = to_unit(frame).to(self._dtype)  # what the user sees: uint8 levels
-            r_logits, e_logit, l_logit = self.reward(self._ctx, actions, nxt, packed=self._r)
+        x = self._sampler(self._ctx, act, generator, packed=True)
+        frame = to_uint8(x.float())  # packed
+        nxt = to_unit(frame).to(self._dtype)  # what the user sees: uint8 levels
+        r_logits, e_logit, l_logit = self.reward(self._ctx, actions, nxt, packed=self._r)
         self._ctx = torch.cat([self._ctx[:, nxt.shape[1] :], nxt], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]

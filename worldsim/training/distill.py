@@ -34,8 +34,10 @@ import torch
 from worldsim import files
 from worldsim.data.store import DataError, Dataset
 from worldsim.models.denoiser import Denoiser
+from worldsim.models.prepare import prepare
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, ode_step, onestep, sample
 from worldsim.models.world_model import WorldModel, to_uint8, to_unit
+from worldsim.runtime import resolve_precision
 from worldsim.sim import world_file
 from worldsim.training.train import RunConfig, Trainer
 
@@ -217,7 +219,9 @@ class Distiller(Trainer):
         st = self.source.meta
         teacher = WorldModel(self.model_cfg, len(st["action_meanings"]), st["reward_values"])
         files.load_weights(teacher, self.source.weights(), self.source.weights_path)
-        self.teacher = teacher.denoiser.to(self.device).eval().requires_grad_(False)
+        # frozen, so prepared once for inference in the run's precision
+        precision = resolve_precision(self.device, self.cfg.precision)
+        self.teacher = prepare(teacher.denoiser.to(self.device), precision)
         student = Denoiser(
             self.model_cfg.denoiser, len(st["action_meanings"]), parameterization="consistency"
         )
