@@ -15,10 +15,10 @@ from worldsim.data.collect import play_episode
 from worldsim.data.store import DataError, Dataset, Episode, load_episode, save_episode
 from worldsim.games import EnvConfig, make_env
 from worldsim.policies import Policy, PolicyConfig
-from worldsim.rl import EndOnLifeLoss
 from worldsim.sim.env import WorldModelEnv
 from worldsim.sim.vector_env import WorldModelVectorEnv
 from worldsim.sim.world_file import knows_lives, load_world
+from worldsim.sim.wrappers import EndOnLifeLoss
 from worldsim.training.bundle import BundleConfig, bundle
 from worldsim.training.train import TrainConfig, Trainer
 

@@ -40,9 +40,9 @@ def test_held_keys_map_to_actions():
 class Recording(PlaySession):
     """A session that remembers the actions it sent to the world."""
 
-    def advance(self, action):
+    def on_step(self, obs_t, obs_tp1, action, *rest):
         self.sent = [*getattr(self, "sent", []), action]
-        super().advance(action)
+        super().on_step(obs_t, obs_tp1, action, *rest)
 
 
 def test_game_loop_sends_the_keyboard_actions(tiny_world, tmp_path):
@@ -192,7 +192,7 @@ def test_an_unexpected_error_while_writing_is_raised_when_play_ends(tiny_world, 
         for _ in range(steps):
             s.recorder.add(0, s.frame, 0.0, False)
         if steps == 2:
-            s._save_recording()  # as at a restart
+            s.recording.cut()  # as at a restart
             assert s.recorder.active is False
     with pytest.raises(ValueError, match="a bug in writing"):
         s._end_recording()
