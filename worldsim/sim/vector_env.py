@@ -160,7 +160,9 @@ class WorldModelVectorEnv(VectorEnv):
             obs = self.world.observation().cpu().numpy()
         return obs, rewards, terms, truncs, infos
 
-    def _mark_life_ends(self, terms: np.ndarray, truncs: np.ndarray, lost: np.ndarray):
+    def _mark_life_ends(
+        self, terms: np.ndarray, truncs: np.ndarray, lost: np.ndarray
+    ) -> np.ndarray:
         """The terminations: with end_on_life_loss, envs that lost a life terminate too, and
         those whose game goes on (no end, no truncation) are marked so that their autoreset
         continues from here."""
