@@ -267,19 +267,28 @@ def test_sb3_ppo_trains_on_the_batched_worlds(tiny_world):
 
 
 def test_real_game_scoring_sees_frames_stacked_as_in_training():
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
     from worldsim.games import EnvConfig, make_env
-    from worldsim.rl import Stack
+    from worldsim.rl import RLConfig, score
 
+    actions, seen = [1, 2, 2, 3, 0, 1, 3], []
+
+    def act(obs):
+        seen.append(obs.copy())
+        return actions[len(seen) - 1]
+
+    cfg = RLConfig(eval_episodes=1, eval_max_steps=len(actions), frame_stack=4)
+    score(act, SimpleNamespace(meta={"env": asdict(EnvConfig())}), cfg)
     venv = VecFrameStack(DummyVecEnv([lambda: make_env(EnvConfig())]), 4)
-    venv.seed(3)
-    env, stack = make_env(EnvConfig()), Stack(4)
-    ours = stack.reset(env.reset(seed=3)[0])
+    venv.seed(10_000 + cfg.seed)  # the seed of score's first episode
     theirs = venv.reset()[0]
-    for a in [1, 2, 2, 3, 0, 1, 3]:
+    for ours, a in zip(seen, actions, strict=True):
         assert ours.shape == (64, 64, 12) and np.array_equal(ours, theirs)
-        ours, theirs = stack.push(env.step(a)[0]), venv.step(np.array([a]))[0][0]
+        theirs = venv.step(np.array([a]))[0][0]
 
 
 def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, tmp_path, capsys):
@@ -303,7 +312,8 @@ def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, 
 
 
 def test_episode_end_check_counts_ends_and_warns_when_the_world_seldom_ends():
-    from worldsim.rl import check_line, dream_rates, simple_policy
+    from worldsim.policies import simple_policy
+    from worldsim.rl import check_line, dream_rates
 
     class Ends:  # a stand-in vector env: every env ends every 4th step, reward 1 per step
         num_envs, single_action_space = 3, gym.spaces.Discrete(4)

@@ -4,6 +4,7 @@ end of an RL episode in the world and in the real game, with the game going on a
 import json
 import shutil
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -15,10 +16,10 @@ from worldsim.data.collect import play_episode
 from worldsim.data.store import DataError, Dataset, Episode, load_episode, save_episode
 from worldsim.games import EnvConfig, make_env
 from worldsim.policies import Policy, PolicyConfig
-from worldsim.rl import EndOnLifeLoss
 from worldsim.sim.env import WorldModelEnv
 from worldsim.sim.vector_env import WorldModelVectorEnv
 from worldsim.sim.world_file import knows_lives, load_world
+from worldsim.sim.wrappers import EndOnLifeLoss
 from worldsim.training.bundle import BundleConfig, bundle
 from worldsim.training.train import TrainConfig, Trainer
 
@@ -194,3 +195,59 @@ def test_real_game_episodes_end_at_each_lost_life_and_the_game_goes_on():
             lives.append(info["lives"])
     assert ends == 3 and lives == [3, 2, 1]
     assert env.reset()[1]["lives"] == 3  # the game ended: a new one
+
+
+class Lives(gym.Env):
+    """A fake game of 3 lives: one is lost at every 2nd step, the last ends the game; the
+    observation counts the steps since the game's start."""
+
+    observation_space = gym.spaces.Box(0, 10**6, (1,), np.int64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, report="lives", limit=100):
+        self.report, self.limit, self.resets = report, limit, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.lives, self.resets = 0, 3, self.resets + 1
+        return np.array([self.t]), self._info(False)
+
+    def step(self, action):
+        self.t += 1
+        lost = self.t % 2 == 0
+        self.lives -= lost
+        return np.array([self.t]), 1.0, self.lives == 0, self.t >= self.limit, self._info(lost)
+
+    def _info(self, lost):
+        return {"lives": self.lives} if self.report == "lives" else {"life_lost": lost}
+
+
+@pytest.mark.parametrize("report", ["lives", "life_lost"])
+def test_end_on_life_loss_ends_at_each_lost_life_and_goes_on_from_there(report):
+    env = EndOnLifeLoss(Lives(report))
+    env.reset(seed=0)
+    ends = []
+    for _ in range(3):  # three lives: three episodes of one game
+        t = 0
+        while True:
+            obs, r, term, trunc, _ = env.step(0)
+            t += 1
+            if term or trunc:
+                break
+        ends.append((t, int(obs[0]), term, trunc))
+        again, _ = env.reset()
+        if len(ends) < 3:
+            assert again is obs and env.env.resets == 1  # the same moment, the same game
+    assert ends == [(2, 2, True, False), (2, 4, True, False), (2, 6, True, False)]
+    assert int(again[0]) == 0 and env.env.resets == 2  # the game was over: a new one
+    env.step(0), env.step(0)
+    assert int(env.reset(seed=1)[0][0]) == 0 and env.env.resets == 3  # a seed: a new game
+
+
+def test_end_on_life_loss_does_not_go_on_after_a_time_limit():
+    env = EndOnLifeLoss(Lives(limit=2))
+    env.reset(seed=0)
+    env.step(0)
+    _, _, term, trunc, info = env.step(0)  # a life lost at the time limit
+    assert term and trunc and info["lives"] == 2
+    assert int(env.reset()[0][0]) == 0 and env.env.resets == 2

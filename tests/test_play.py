@@ -2,6 +2,7 @@
 
 import os
 
+import gymnasium as gym
 import numpy as np
 import pygame
 import pytest
@@ -10,6 +11,7 @@ from worldsim.cli import main
 from worldsim.data.store import Dataset
 from worldsim.play.app import PlayConfig, PlaySession
 from worldsim.play.controls import KeyboardInput
+from worldsim.play.loop import PlayLoop
 
 
 def key(kind, k):
@@ -40,9 +42,9 @@ def test_held_keys_map_to_actions():
 class Recording(PlaySession):
     """A session that remembers the actions it sent to the world."""
 
-    def advance(self, action):
+    def on_step(self, obs_t, obs_tp1, action, *rest):
         self.sent = [*getattr(self, "sent", []), action]
-        super().advance(action)
+        super().on_step(obs_t, obs_tp1, action, *rest)
 
 
 def test_game_loop_sends_the_keyboard_actions(tiny_world, tmp_path):
@@ -192,7 +194,7 @@ def test_an_unexpected_error_while_writing_is_raised_when_play_ends(tiny_world, 
         for _ in range(steps):
             s.recorder.add(0, s.frame, 0.0, False)
         if steps == 2:
-            s._save_recording()  # as at a restart
+            s.recording.cut()  # as at a restart
             assert s.recorder.active is False
     with pytest.raises(ValueError, match="a bug in writing"):
         s._end_recording()
@@ -247,3 +249,130 @@ def test_record_command_writes_videos_and_episodes(tiny_world, tmp_path, source)
     assert len(list(out.glob("*.mp4"))) == 2
     ds = Dataset.open(out)
     assert len(ds.entries()) == 2 and all(1 <= e["length"] <= 12 for e in ds.entries())
+
+
+class Count(gym.Env):
+    """A plain Gymnasium env: each frame shows (episode, step) in its first pixel; an
+    episode ends after 3 steps; reward = the action."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+    observation_space = gym.spaces.Box(0, 255, (4, 4, 3), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, render_mode="rgb_array"):
+        self.render_mode, self.episode, self.t = render_mode, -1, 0
+
+    def _obs(self):
+        obs = np.zeros((4, 4, 3), np.uint8)
+        obs[0, 0, :2] = self.episode, self.t
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), self.t == 3, False, {"t": self.t}
+
+    def render(self):
+        return self._obs()
+
+
+def test_play_loop_steps_any_env_from_keys_and_calls_back_each_step():
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    steps = []
+    keys = {(pygame.K_RIGHT,): 1, (pygame.K_LEFT,): 2}
+    loop = PlayLoop(Count(), keys, callback=lambda *step: steps.append(step), fps=0)
+    down, up = pygame.KEYDOWN, pygame.KEYUP
+    script = [
+        [key(down, pygame.K_RIGHT)],
+        [],
+        [key(up, pygame.K_RIGHT)],
+        [key(down, pygame.K_p)],
+        [],
+        [key(down, pygame.K_n)],
+        [key(down, pygame.K_LEFT)],
+        [key(down, pygame.K_q)],
+    ]
+    events = iter(script)
+    assert loop.run(lambda: next(events))["frames"] == 7
+    # right, right, noop (the episode ends: a new one), paused: nothing, N: one noop step,
+    # LEFT while paused: nothing; then quit
+    assert [s[2] for s in steps] == [1, 1, 0, 0]
+    assert [s[4] for s in steps] == [False, False, True, False]
+    assert [s[3] for s in steps] == [1.0, 1.0, 0.0, 0.0] and steps[1][6] == {"t": 2}
+    assert [tuple(s[1][0, 0, :2]) for s in steps] == [(0, 1), (0, 2), (0, 3), (1, 1)]
+    assert steps[1][0] is steps[0][1] and steps[2][0] is steps[1][1]  # obs_t: the last obs_tp1
+    assert tuple(steps[3][0][0, 0, :2]) == (1, 0)  # after the end: the new episode's start
+    assert loop.paused and loop.window is None  # (the default window: closed at the end)
+
+
+def test_play_loop_scripted_actions_stop_play_and_commands_run_their_handlers():
+    from worldsim.policies import Replay
+
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    sent, resets = [], []
+    loop = PlayLoop(
+        Count(),
+        {},
+        fps=0,
+        actions=Replay([2, 1, 2, 2, 1]),
+        callback=lambda *step: sent.append(step[2]),
+        commands={"reset": lambda: resets.append(loop.t) or loop.reset()},
+    )
+    events = iter([[], [key(pygame.KEYDOWN, pygame.K_r)]] + [[]] * 10)
+    assert loop.run(lambda: next(events))["frames"] == 5  # until the actions ran out
+    assert sent == [2, 1, 2, 2, 1]
+    assert resets == [1, 3]  # the R key after one step, the episode's end after 3 more
+    loop = PlayLoop(Count(), {}, fps=0, actions=lambda: 0, frames=4, draw=lambda loop: None)
+    assert loop.run(lambda: [])["frames"] == 4
+    with pytest.raises(ValueError, match="render_mode='rgb_array'"):
+        PlayLoop(Count(render_mode=None), {})
+
+
+def test_recording_callback_cuts_episodes_at_ends_and_restarts(tmp_path):
+    from worldsim.play.recorder import Recorder, RecordingCallback
+
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    saved = []
+    recording = RecordingCallback(
+        Recorder(tmp_path, "x", ["A", "B", "C"], (4, 4), 15), saved.append
+    )
+    loop = PlayLoop(Count(), {}, fps=0, actions=lambda: 1, frames=8, callback=recording)
+    recording.start(loop.obs)
+    events = iter([[], [], [], [], [key(pygame.KEYDOWN, pygame.K_r)], [], [], []])
+    assert loop.run(lambda: next(events))["frames"] == 8
+    recording.stop()
+    # steps 1-3 end an episode; 4 is cut by the restart (R) before step 5; 5-7 end another;
+    # 8 is saved at the stop
+    assert [len(ep) for ep in saved] == [3, 1, 3, 1]
+    assert [bool(ep.terminated[-1]) for ep in saved] == [True, False, True, False]
+    for ep in saved:  # each recorded action produced the frame after it, from a start
+        assert ep.frames[0, 0, 0, 1] == 0
+        assert list(ep.frames[1:, 0, 0, 1]) == list(range(1, len(ep) + 1))
+
+
+def test_background_writer_writes_in_order_off_the_loop_and_raises_the_first_error():
+    import threading
+
+    from worldsim.play.recorder import BackgroundWriter
+
+    written, threads = [], set()
+
+    def write(ep):
+        threads.add(threading.get_ident())
+        written.append(ep)
+        if ep in ("b", "c"):
+            raise ValueError(f"failed on {ep}")
+
+    writer = BackgroundWriter(write)
+    for ep in "abcd":
+        writer.submit(ep)
+    with pytest.raises(ValueError, match="failed on b"):
+        writer.join()
+    assert written == list("abcd") and threading.get_ident() not in threads
+    writer.submit("e")  # a writer joined can take more
+    writer.join()
+    assert written[-1] == "e"

@@ -1,4 +1,11 @@
-"""Behaviour policies that play the source games while episodes are recorded."""
+"""Policies that play without learning: uniform, sticky and replayed actions, the check's
+held-or-random batches, and the behaviour policies that play the source games while
+episodes are recorded. Play, record, collection, evaluation and rl all take theirs here.
+
+A policy is a callable that returns the next action; `exhausted` says when one that replays
+a file has run out. Randomness comes from a `np.random.Generator` passed in, so a seed
+gives the same actions.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,129 @@ from typing import Literal
 
 import gymnasium as gym
 import numpy as np
+
+
+class Uniform:
+    """Uniformly random actions in [0, n_actions).
+
+    >>> pick = Uniform(4, np.random.default_rng(0))
+    >>> [pick() for _ in range(6)]
+    [3, 2, 2, 1, 1, 0]
+    """
+
+    exhausted = False
+
+    def __init__(self, n_actions: int, rng: np.random.Generator):
+        self.n, self.rng = n_actions, rng
+
+    def __call__(self) -> int:
+        return int(self.rng.integers(self.n))
+
+
+class Sticky:
+    """A uniformly random action held for 1 to `repeat` steps (also drawn uniformly), then
+    another: random play that gets as far across the screen as a player does.
+
+    >>> pick = Sticky(4, np.random.default_rng(0), repeat=3)
+    >>> [pick() for _ in range(8)]
+    [3, 3, 2, 1, 0, 0, 0, 0]
+    """
+
+    exhausted = False
+
+    def __init__(self, n_actions: int, rng: np.random.Generator, repeat: int = 4):
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        self.n, self.rng, self.repeat = n_actions, rng, repeat
+        self.held, self.left = 0, 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether the next call goes on with the action held now."""
+        return self.left > 0
+
+    def __call__(self) -> int:
+        if self.left == 0:
+            self.held = int(self.rng.integers(self.n))
+            self.left = 1 + int(self.rng.integers(self.repeat))
+        self.left -= 1
+        return self.held
+
+
+class Replay:
+    """Given actions, in order, once.
+
+    >>> pick = Replay([2, 3])
+    >>> pick(), pick(), pick.exhausted
+    (2, 3, True)
+    """
+
+    def __init__(self, actions):
+        self.actions, self.t = np.asarray(actions, np.int64).ravel(), 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.t >= len(self.actions)
+
+    def __call__(self) -> int:
+        if self.exhausted:
+            raise IndexError(f"all {len(self.actions)} actions were replayed")
+        self.t += 1
+        return int(self.actions[self.t - 1])
+
+
+def load_actions(path: str, n_actions: int) -> np.ndarray:
+    """Action indices from a .npy file or a text file with one integer per line."""
+    try:
+        acts = np.load(path) if path.endswith(".npy") else np.loadtxt(path, np.int64, ndmin=1)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a file of action indices ({e})") from None
+    acts = np.asarray(acts).ravel()
+    if len(acts) == 0:
+        raise ValueError(f"{path}: no actions in the file")
+    if not np.issubdtype(acts.dtype, np.integer):
+        raise ValueError(f"{path}: actions must be integers, got an array of {acts.dtype}")
+    bad = np.flatnonzero((acts < 0) | (acts >= n_actions))
+    if len(bad):
+        raise ValueError(
+            f"{path}: actions must lie in [0, {n_actions}), "
+            f"got {int(acts[bad[0]])} at index {bad[0]}"
+        )
+    return acts.astype(np.int64)
+
+
+def action_source(
+    name: str, n_actions: int, seed: int = 0, actions: str = "", repeat: int = 7
+) -> Uniform | Sticky | Replay:
+    """The scripted play of `worldsim play` and `worldsim record`: `random` (Uniform),
+    `sticky` (Sticky, actions held 1 to `repeat` steps) or `actions` (Replay of the file
+    `actions`), drawn from `seed`.
+
+    >>> pick = action_source("sticky", 4, seed=0)
+    >>> [pick() for _ in range(4)]
+    [3, 3, 3, 3]
+    """
+    rng = np.random.default_rng(seed)
+    if name == "random":
+        return Uniform(n_actions, rng)
+    if name == "sticky":
+        return Sticky(n_actions, rng, repeat)
+    if name == "actions":
+        if not actions:
+            raise ValueError("policy=actions needs actions=<file of action indices>")
+        return Replay(load_actions(actions, n_actions))
+    raise ValueError(f"policy must be random, sticky or actions, got {name!r}")
+
+
+def simple_policy(hold: int | None, n_actions: int, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n actions: uniform random (hold None), or `hold` with a random action 10% of the time.
+
+    >>> simple_policy(2, 4, np.random.default_rng(0), 8)
+    array([2, 2, 2, 3, 2, 2, 2, 2])
+    """
+    if hold is None:
+        return rng.integers(0, n_actions, n)
+    return np.where(rng.random(n) < 0.1, rng.integers(0, n_actions, n), hold)
 
 
 @dataclass(frozen=True)
@@ -69,7 +199,8 @@ class Policy:
         self.name = policy_name(cfg, env, rng)
         self.cfg, self.env, self.rng = cfg, env, rng
         self.n = int(env.action_space.n)
-        self.held, self.left, self.wrong = 0, 0, 0
+        self.uniform, self.sticky = Uniform(self.n, rng), Sticky(self.n, rng, cfg.repeat)
+        self.wrong = 0
         if self.name in ("scripted", "miss") and not has_autopilot(env):
             raise ValueError(
                 f"{env.spec.id if env.spec else env}: no scripted policy for this game; "
@@ -77,18 +208,14 @@ class Policy:
             )
 
     def act(self) -> int:
-        cfg, rng = self.cfg, self.rng
         if self.name == "random":
-            return int(rng.integers(self.n))
+            return self.uniform()
         if self.name == "miss":
             return self._miss()
-        if self.left > 0:
-            self.left -= 1
-            return self.held
-        if self.name == "sticky" or rng.random() < cfg.eps:
-            self.held, self.left = int(rng.integers(self.n)), int(rng.integers(cfg.repeat))
-            return self.held
-        return int(self.env.unwrapped.autopilot_action(rng))
+        # scripted: the autopilot, but now and then (eps) a sticky random action instead
+        if self.name == "sticky" or self.sticky.holding or self.rng.random() < self.cfg.eps:
+            return self.sticky()
+        return int(self.env.unwrapped.autopilot_action(self.rng))
 
     def _miss(self) -> int:
         """The autopilot, but in stretches of 4-16 steps it presses another key than it

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 
 from worldsim.files import atomic_write_json
+from worldsim.policies import Uniform, simple_policy
 from worldsim.runtime import check_precision
 
 
@@ -65,8 +65,8 @@ class RLConfig:
     the same way."""
 
     def __post_init__(self):
-        for key in ("steps", "num_envs", "eval_episodes", "eval_max_steps", "max_episode_steps",
-                    "frame_stack"):  # fmt: skip
+        positive = ("steps", "num_envs", "eval_episodes", "eval_max_steps", "max_episode_steps")
+        for key in (*positive, "frame_stack"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.check_steps < 0:
@@ -77,8 +77,16 @@ class RLConfig:
 
 
 # RL Zoo's Atari settings for PPO (128-step rollouts, 4 epochs, clip 0.1, entropy bonus)
-PPO_ARGS = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, clip_range=0.1,
-                ent_coef=0.01, vf_coef=0.5, verbose=0)  # fmt: skip
+PPO_ARGS = dict(
+    n_steps=128,
+    batch_size=256,
+    n_epochs=4,
+    learning_rate=2.5e-4,
+    clip_range=0.1,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    verbose=0,
+)
 
 
 def _policy_for(shape) -> str:
@@ -90,61 +98,10 @@ def real_env(bundle, end_on_life_loss: bool = False):
     """The world's source game (with `end_on_life_loss`, wrapped in EndOnLifeLoss)."""
     from worldsim.config import from_dict
     from worldsim.games import EnvConfig, make_env
+    from worldsim.sim.wrappers import EndOnLifeLoss
 
     env = make_env(from_dict(EnvConfig, bundle.meta["env"]))
     return EndOnLifeLoss(env) if end_on_life_loss else env
-
-
-class EndOnLifeLoss(gym.Wrapper):
-    """A real game whose episodes also end when `info["lives"]` drops; `reset()` then goes
-    on from that moment (no new game) unless the game itself ended or a seed or options are
-    given: the real-game counterpart of the worlds' `end_on_life_loss`, for any game that
-    reports lives (SB3's EpisodicLifeEnv reads ALE's lives only)."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        self._lives, self._go_on = None, None
-
-    def reset(self, *, seed=None, options=None):
-        go_on, self._go_on = self._go_on, None
-        if go_on is not None and seed is None and not options:
-            return go_on
-        obs, info = self.env.reset(seed=seed, options=options)
-        self._lives = info.get("lives")
-        return obs, info
-
-    def step(self, action):
-        obs, r, term, trunc, info = self.env.step(action)
-        lives = info.get("lives", self._lives)
-        lost = self._lives is not None and lives < self._lives
-        self._lives = lives
-        if lost and not (term or trunc):
-            self._go_on, term = (obs, info), True
-        return obs, r, term, trunc, info
-
-
-class Stack:
-    """The last n frames side by side on the channel axis, as SB3's VecFrameStack gives them
-    to the agent (zeros before the first frame of an episode)."""
-
-    def __init__(self, n: int):
-        self.n, self.obs = n, None
-
-    def reset(self, frame: np.ndarray) -> np.ndarray:
-        self.obs = np.zeros((*frame.shape[:-1], frame.shape[-1] * self.n), frame.dtype)
-        return self.push(frame)
-
-    def push(self, frame: np.ndarray) -> np.ndarray:
-        c = frame.shape[-1]
-        self.obs = np.concatenate([self.obs[..., c:], frame], axis=-1)
-        return self.obs
-
-
-def simple_policy(hold: int | None, n_actions: int, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n actions: uniform random (hold None), or `hold` with a random action 10% of the time."""
-    if hold is None:
-        return rng.integers(0, n_actions, n)
-    return np.where(rng.random(n) < 0.1, rng.integers(0, n_actions, n), hold)
 
 
 def dream_rates(venv, hold: int | None, steps: int, seed: int = 0) -> tuple[float, float]:
@@ -159,8 +116,9 @@ def dream_rates(venv, hold: int | None, steps: int, seed: int = 0) -> tuple[floa
     return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
 
 
-def real_rates(bundle, hold: int | None, envs: int, steps: int, seed: int = 0,
-               end_on_life_loss: bool = False) -> tuple[float, float]:  # fmt: skip
+def real_rates(
+    bundle, hold: int | None, envs: int, steps: int, seed: int = 0, end_on_life_loss: bool = False
+) -> tuple[float, float]:
     """The same in the world's real game: `envs` games of `steps` steps each (a lost life
     counts as an end with `end_on_life_loss`)."""
     env, ends, reward = real_env(bundle, end_on_life_loss), 0, 0.0
@@ -177,15 +135,98 @@ def real_rates(bundle, hold: int | None, envs: int, steps: int, seed: int = 0,
     return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
 
 
+def world_envs(cfg: RLConfig):
+    """The batched worlds PPO trains in (an SB3 VecEnv), and whether their episodes end at
+    a lost life (`cfg.life_loss`, resolved for this world)."""
+    from worldsim.sim.env import LIVES_HINT
+    from worldsim.sim.sb3 import WorldVecEnv
+    from worldsim.sim.world_file import knows_lives
+
+    life = cfg.life_loss != "off" and knows_lives(cfg.world)
+    if cfg.life_loss == "on" and not life:
+        raise ValueError(
+            f"life_loss=on needs a world that predicts lost lives; {cfg.world} does not: "
+            f"{LIVES_HINT}"
+        )
+    venv = WorldVecEnv(
+        cfg.num_envs,
+        world=cfg.world,
+        sampler=cfg.sampler or None,
+        max_episode_steps=cfg.max_episode_steps,
+        device=cfg.device,
+        precision=cfg.precision,
+        end_on_life_loss=life,
+    )
+    said = "yes" if life else "no"
+    print(f"training episodes end at a lost life: {said} (life_loss={cfg.life_loss})")
+    return venv, life
+
+
+def check_ends(venv, cfg: RLConfig, life: bool) -> dict:
+    """Random play in the training worlds themselves and in as many real games: how often
+    each ends an episode (`cfg.check_steps` steps; PPO's first reset reseeds the worlds)."""
+    check = {"life_loss": life}
+    if cfg.check_steps:
+        world_ends, _ = dream_rates(venv.venv, None, cfg.check_steps, cfg.seed)
+        real_ends, _ = real_rates(
+            venv.venv.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed, life
+        )
+        check["random_play_ends_per_1k_steps"] = {"world": world_ends, "real": real_ends}
+        print(check_line(world_ends, real_ends), flush=True)
+    return check
+
+
+def train_in_world(venv, cfg: RLConfig, policy: str):
+    """PPO trained for `cfg.steps` steps (or `cfg.minutes`) in the worlds, seeing
+    `cfg.frame_stack` frames at once (SB3's VecFrameStack)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    venv.seed(cfg.seed)
+    agent = PPO(
+        policy,
+        VecFrameStack(venv, cfg.frame_stack),
+        seed=cfg.seed,
+        device=cfg.device,
+        **PPO_ARGS,
+    )
+    agent.learn(
+        total_timesteps=cfg.steps, progress_bar=_has_rich(), callback=_time_budget(cfg.minutes)
+    )
+    return agent
+
+
+def train_in_real_game(bundle, cfg: RLConfig, life: bool, steps: int, policy: str):
+    """The contrast: PPO trained for `steps` steps in 8 copies of the real game."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    agent = PPO(
+        policy,
+        VecFrameStack(DummyVecEnv([lambda: real_env(bundle, life)] * 8), cfg.frame_stack),
+        seed=cfg.seed,
+        device=cfg.device,
+        **PPO_ARGS,
+    )
+    agent.learn(total_timesteps=steps, progress_bar=_has_rich())
+    return agent
+
+
 def score(act, bundle, cfg: RLConfig, frames: list | None = None) -> list[float]:
-    """Returns of `act(stacked frames) -> action` over eval_episodes real-game episodes."""
-    env, returns, stack = real_env(bundle), [], Stack(cfg.frame_stack)
+    """Returns of `act(stacked frames) -> action` over eval_episodes real-game episodes; the
+    frames are stacked as SB3's VecFrameStack stacks them in training (its
+    StackedObservations). With `frames`, the first episode's frames are appended to it."""
+    from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
+
+    env, returns = real_env(bundle), []
+    stack = StackedObservations(1, cfg.frame_stack, env.observation_space)
+    not_done = np.zeros(1, bool)  # an episode's end is seen by this loop, not by the stack
     for i in range(cfg.eval_episodes):
         obs, _ = env.reset(seed=10_000 + cfg.seed + i)
-        seen, total = stack.reset(obs), 0.0
+        seen, total = stack.reset(obs[None]), 0.0
         for _ in range(cfg.eval_max_steps):
-            obs, r, term, trunc, _ = env.step(act(seen))
-            seen = stack.push(obs)
+            obs, r, term, trunc, _ = env.step(act(seen[0]))
+            seen, _ = stack.update(obs[None], not_done, [{}])
             total += r
             if frames is not None and i == 0:
                 frames.append(obs)
@@ -195,51 +236,32 @@ def score(act, bundle, cfg: RLConfig, frames: list | None = None) -> list[float]
     return returns
 
 
+def _sampled(agent):
+    """The agent as `score` plays it: an action sampled from its policy."""
+    return lambda obs: int(agent.predict(obs, deterministic=False)[0])
+
+
 def train_rl(cfg: RLConfig) -> dict:
+    """Train PPO in the world, score it in the real game beside random play (and PPO
+    trained in the real game); writes the agents, a video and report.json to `cfg.out`."""
     try:
-        from stable_baselines3 import PPO
-        from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+        import stable_baselines3  # noqa: F401
     except ImportError:
         raise ImportError(
             "worldsim rl needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
     from worldsim.data.video import write_mp4
-    from worldsim.sim.env import LIVES_HINT
-    from worldsim.sim.sb3 import WorldVecEnv
-    from worldsim.sim.world_file import knows_lives
 
-    life = cfg.life_loss != "off" and knows_lives(cfg.world)
-    if cfg.life_loss == "on" and not life:
-        raise ValueError(
-            f"life_loss=on needs a world that predicts lost lives; {cfg.world} does not: {LIVES_HINT}"
-        )
-    venv = WorldVecEnv(cfg.num_envs, world=cfg.world, sampler=cfg.sampler or None,
-                       max_episode_steps=cfg.max_episode_steps, device=cfg.device,
-                       precision=cfg.precision, end_on_life_loss=life)  # fmt: skip
-    print(
-        f"training episodes end at a lost life: {'yes' if life else 'no'} (life_loss={cfg.life_loss})"
-    )
-    check = {"life_loss": life}
-    if cfg.check_steps:  # on the training worlds themselves; PPO's first reset reseeds them
-        world_ends, _ = dream_rates(venv.venv, None, cfg.check_steps, cfg.seed)
-        real_ends, _ = real_rates(
-            venv.venv.bundle, None, cfg.num_envs, cfg.check_steps, cfg.seed, life
-        )
-        check["random_play_ends_per_1k_steps"] = {"world": world_ends, "real": real_ends}
-        print(check_line(world_ends, real_ends), flush=True)
+    venv, life = world_envs(cfg)
+    check = check_ends(venv, cfg, life)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     bundle = venv.venv.bundle
-    venv.seed(cfg.seed)
     policy = _policy_for(bundle.frame_size)
-    agent = PPO(policy, VecFrameStack(venv, cfg.frame_stack), seed=cfg.seed, device=cfg.device,
-                **PPO_ARGS)  # fmt: skip
-    agent.learn(total_timesteps=cfg.steps, progress_bar=_has_rich(),
-                callback=_time_budget(cfg.minutes))  # fmt: skip
+    agent = train_in_world(venv, cfg, policy)
     agent.save(out / "agent_dream")
     steps = int(agent.num_timesteps)
-    frames: list = []
     report = {
         "world": str(bundle.path),
         "steps": steps,
@@ -248,31 +270,18 @@ def train_rl(cfg: RLConfig) -> dict:
         "policy": policy,
         **check,
     }
-    report["dream_agent"] = score(
-        lambda o: int(agent.predict(o, deterministic=False)[0]), bundle, cfg, frames
-    )
-    write_mp4(
-        out / "dream_agent_in_real_game.mp4", np.stack(frames), fps=15, scale=4, overwrite=True
-    )
-    rng = np.random.default_rng(cfg.seed)
-    n = len(bundle.action_meanings)
-    report["random"] = score(lambda o: int(rng.integers(n)), bundle, cfg)
-    atomic_write_json(
-        out / "report.json", report
-    )  # what is known so far, should the real-game baseline be cut off
+    frames: list = []
+    report["dream_agent"] = score(_sampled(agent), bundle, cfg, frames)
+    video = out / "dream_agent_in_real_game.mp4"
+    write_mp4(video, np.stack(frames), fps=15, scale=4, overwrite=True)
+    pick = Uniform(len(bundle.action_meanings), np.random.default_rng(cfg.seed))
+    report["random"] = score(lambda obs: pick(), bundle, cfg)
+    # what is known so far, should the real-game baseline be cut off
+    atomic_write_json(out / "report.json", report)
     if cfg.real_baseline:
-        real = PPO(
-            policy,
-            VecFrameStack(DummyVecEnv([lambda: real_env(bundle, life)] * 8), cfg.frame_stack),
-            seed=cfg.seed,
-            device=cfg.device,
-            **PPO_ARGS,
-        )
-        real.learn(total_timesteps=steps, progress_bar=_has_rich())
+        real = train_in_real_game(bundle, cfg, life, steps, policy)
         real.save(out / "agent_real")
-        report["real_agent"] = score(
-            lambda o: int(real.predict(o, deterministic=False)[0]), bundle, cfg
-        )
+        report["real_agent"] = score(_sampled(real), bundle, cfg)
         atomic_write_json(out / "report.json", report)
     return report
 
@@ -303,10 +312,15 @@ def _has_rich() -> bool:
 def check_line(world_ends: float, real_ends: float) -> str:
     """What the episode-end check found, in one line (a warning when the world ends less
     than half as many episodes as the real game)."""
-    line = f"random play ends {world_ends:.2f} episodes per 1k steps in the world, {real_ends:.2f} in the real game"
+    line = (
+        f"random play ends {world_ends:.2f} episodes per 1k steps in the world, "
+        f"{real_ends:.2f} in the real game"
+    )
     if world_ends < real_ends / 2:
-        line += ("; warning: the world seldom ends episodes, so an agent trained in it is not"
-                 " taught to avoid what ends them in the real game")  # fmt: skip
+        line += (
+            "; warning: the world seldom ends episodes, so an agent trained in it is not"
+            " taught to avoid what ends them in the real game"
+        )
     return line
 
 

@@ -1,4 +1,5 @@
-"""`worldsim record`: record episodes of a world (or of a real game) played by a scripted policy."""
+"""`worldsim record`: record episodes of a world (or of a real game) played by a scripted
+policy."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from worldsim.play.app import PlayConfig, ScriptedActions
 from worldsim.play.recorder import Recorder
+from worldsim.policies import action_source
 
 
 @dataclass(frozen=True)
@@ -57,17 +58,16 @@ def _make(cfg: RecordConfig):
 
 def record(cfg: RecordConfig) -> list[str]:
     env, env_id, meanings, source = _make(cfg)
-    actions = ScriptedActions(PlayConfig(policy=cfg.policy, actions=cfg.actions, seed=cfg.seed, headless=True),
-                              env.action_space.n)  # fmt: skip
+    actions = action_source(cfg.policy, env.action_space.n, cfg.seed, cfg.actions)
     rec = Recorder(cfg.out, env_id, meanings, env.observation_space.shape[:2], cfg.fps)
     paths = []
     for i in tqdm(range(cfg.episodes), desc="record", unit="episode"):
-        if actions.exhausted():  # the action file ran out in an earlier episode
+        if actions.exhausted:  # the action file ran out in an earlier episode
             break
         obs, _ = env.reset(seed=cfg.seed + i)
         rec.start(obs)
         for _ in range(cfg.max_steps):
-            if actions.exhausted():
+            if actions.exhausted:
                 break
             a = actions()
             obs, r, term, trunc, _ = env.step(a)

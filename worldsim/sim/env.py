@@ -11,6 +11,7 @@ from gymnasium.error import ResetNeeded
 from worldsim.models.samplers import SamplerConfig
 from worldsim.sim.world import World
 from worldsim.sim.world_file import WorldBundle, load_world
+from worldsim.sim.wrappers import life_loss_end
 
 
 def check_context(
@@ -171,11 +172,13 @@ class WorldModelEnv(gym.Env):
         self._render_human()
         truncated = self._t >= self.max_episode_steps
         end, lost = bool(ends[0]), bool(lost[0])
-        self._go_on = self.end_on_life_loss and lost and not (end or truncated)
+        if self.end_on_life_loss:
+            end, go_on = life_loss_end(end, truncated, lost)
+            end, self._go_on = bool(end), bool(go_on)
         return (
             frames[0].cpu().numpy(),
             float(rewards[0]),
-            end or (self.end_on_life_loss and lost),
+            end,
             truncated,
             {"step": self._t, "life_lost": lost},
         )

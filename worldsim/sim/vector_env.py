@@ -11,6 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from worldsim.sim.env import check_context, has_context, load_checked
 from worldsim.sim.world import World
+from worldsim.sim.wrappers import life_loss_end
 
 MAX_ENVS = 65_536
 """Most worlds one vector env steps together (a bound before memory is taken)."""
@@ -144,10 +145,10 @@ class WorldModelVectorEnv(VectorEnv):
                 obs[restarted] = self.world.observation()[torch.from_numpy(restarted)].cpu().numpy()
                 rewards[restarted], terms[restarted], truncs[restarted] = 0.0, False, False
                 lost[restarted] = False
-            self._mark_life_ends(terms, truncs, lost)
+            terms = self._mark_life_ends(terms, truncs, lost)
             self._needs_reset = terms | truncs
             return obs, rewards, terms, truncs, {"life_lost": lost}
-        self._mark_life_ends(terms, truncs, lost)
+        terms = self._mark_life_ends(terms, truncs, lost)
         done = terms | truncs
         infos = {"life_lost": lost}
         if done.any():
@@ -159,12 +160,15 @@ class WorldModelVectorEnv(VectorEnv):
             obs = self.world.observation().cpu().numpy()
         return obs, rewards, terms, truncs, infos
 
-    def _mark_life_ends(self, terms: np.ndarray, truncs: np.ndarray, lost: np.ndarray) -> None:
-        """With end_on_life_loss: terminate envs that lost a life, and mark those whose game
-        goes on (no end, no truncation) so that their autoreset continues from here."""
+    def _mark_life_ends(
+        self, terms: np.ndarray, truncs: np.ndarray, lost: np.ndarray
+    ) -> np.ndarray:
+        """The terminations: with end_on_life_loss, envs that lost a life terminate too, and
+        those whose game goes on (no end, no truncation) are marked so that their autoreset
+        continues from here."""
         if self.end_on_life_loss:
-            self._go_on = lost & ~terms & ~truncs
-            terms |= lost
+            terms, self._go_on = life_loss_end(terms, truncs, lost)
+        return terms
 
     def render(self):
         return self.world.observation().cpu().numpy() if self.render_mode == "rgb_array" else None
