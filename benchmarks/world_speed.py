@@ -1,6 +1,7 @@
 """Benchmark: how fast a world runs on this machine, batched and live.
 
-    python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep] [--precision fp32 bf16]
+    python benchmarks/world_speed.py --world worlds/bricks [--sampler onestep]
+        [--precision fp32 bf16]
         [--vector-only] [--sizes 1 32] [--seconds 6]
 
 Reports WorldModelVectorEnv frames/s at N = 1, 8, 32, 128 (with the arithmetic rate that is,
@@ -27,11 +28,19 @@ from worldsim.sim.env import WorldModelEnv
 from worldsim.sim.vector_env import WorldModelVectorEnv
 
 
-def vector_fps(world: str, sampler: str | None, n: int, steps: int, device: str = "cpu",
-               precision: str = "fp32", min_seconds: float = 5.0) -> float:  # fmt: skip
+def vector_fps(
+    world: str,
+    sampler: str | None,
+    n: int,
+    steps: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    min_seconds: float = 5.0,
+) -> float:
     """Frames/s of N batched worlds: at least `steps` steps and `min_seconds` of them."""
-    venv = WorldModelVectorEnv(n, world, sampler=sampler, max_episode_steps=10**9, device=device,
-                               precision=precision)  # fmt: skip
+    venv = WorldModelVectorEnv(
+        n, world, sampler=sampler, max_episode_steps=10**9, device=device, precision=precision
+    )
     venv.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(3):  # warm-up
@@ -118,8 +127,15 @@ def long_rollout(world: str, sampler: str | None, steps: int) -> dict:
 
 
 def play_fps(world: str, sampler: str, fps: int, precision: str, frames: int = 600) -> float:
-    cfg = PlayConfig(world=world, sampler=sampler, headless=True, policy="sticky", frames=frames,
-                     fps=fps, precision=precision)  # fmt: skip
+    cfg = PlayConfig(
+        world=world,
+        sampler=sampler,
+        headless=True,
+        policy="sticky",
+        frames=frames,
+        fps=fps,
+        precision=precision,
+    )
     return PlaySession(cfg).run(lambda: [])["fps"]
 
 
@@ -167,8 +183,10 @@ def main() -> None:
     print("|---|" + "---|---|" * len(precisions))
     table = {}
     for n in args.sizes:
-        table[n] = [vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p,
-                               args.seconds) for p in precisions]  # fmt: skip
+        table[n] = [
+            vector_fps(args.world, args.sampler, n, max(4, 128 // n), args.device, p, args.seconds)
+            for p in precisions
+        ]
         cells = " | ".join(f"{f:.1f} | {f * work:.1f}" for f in table[n])
         print(f"| {n} | {cells} |", flush=True)
     if 1 in table and len(table) > 1:
@@ -181,12 +199,16 @@ def main() -> None:
     if args.vector_only:
         return
     r = long_rollout(args.world, args.sampler, args.rollout)
-    print(f"\n{r['steps']}-step rollout: pixel range [{r['min']}, {r['max']}], {r['resets']} resets, "
-          f"max RSS {r['rss_mb_at_100']:.0f} MB at step 100 -> {r['rss_mb_end']:.0f} MB at the end")  # fmt: skip
+    print(
+        f"\n{r['steps']}-step rollout: pixel range [{r['min']}, {r['max']}], {r['resets']} resets, "
+        f"max RSS {r['rss_mb_at_100']:.0f} MB at step 100 -> {r['rss_mb_end']:.0f} MB at the end"
+    )
     s = args.sampler or ""
     for p in precisions:
-        print(f"headless play ({p}), 600 frames: {play_fps(args.world, s, 30, p):.1f} FPS at the "
-              f"30 FPS target, {play_fps(args.world, s, 0, p):.1f} FPS uncapped")  # fmt: skip
+        print(
+            f"headless play ({p}), 600 frames: {play_fps(args.world, s, 30, p):.1f} FPS at the "
+            f"30 FPS target, {play_fps(args.world, s, 0, p):.1f} FPS uncapped"
+        )
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""worldsim's hydra configs (installed as `worldsim_configs` so they are found after `pip install`)."""
+"""worldsim's hydra configs, installed as `worldsim_configs` so `pip install` finds them."""

@@ -28,8 +28,13 @@ class ScalarStudent(torch.nn.Module):
     def __init__(self, sigma_data=0.5, sigma_min=0.002):
         super().__init__()
         self.sigma_data, self.sigma_min = sigma_data, sigma_min
-        self.F = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64),
-                                     torch.nn.SiLU(), torch.nn.Linear(64, 1))  # fmt: skip
+        self.F = torch.nn.Sequential(
+            torch.nn.Linear(2, 64),
+            torch.nn.SiLU(),
+            torch.nn.Linear(64, 64),
+            torch.nn.SiLU(),
+            torch.nn.Linear(64, 1),
+        )
 
     def forward(self, x, sigma):
         s = consistency_scalings(sigma, self.sigma_data, self.sigma_min)
@@ -129,8 +134,17 @@ def test_rollout_target_scores_the_frame_drawn_from_the_students_own_frames():
     assert torch.allclose(loss0, push(act[:, :K]).pow(2).mean())
     # at a multistep level the input is the real frame noised to that level
     seen = []
-    rollout_loss(lambda x, s, c, a: seen.append((x, s)) or x, frames + 0.5, act, K, 0,
-                 sampler, gen, "l2", level=0.01)  # fmt: skip
+    rollout_loss(
+        lambda x, s, c, a: seen.append((x, s)) or x,
+        frames + 0.5,
+        act,
+        K,
+        0,
+        sampler,
+        gen,
+        "l2",
+        level=0.01,
+    )
     assert (seen[0][1] == 0.01).all() and (seen[0][0] - 0.5).abs().max() < 0.1
 
 
@@ -179,20 +193,57 @@ def test_distilling_further_from_a_world_folder(small_run, tmp_path):
     Distiller(load_config("distill", DistillConfig, args)).fit()
     world = bundle(BundleConfig(run=str(small_run), student=str(student), out=str(tmp_path / "w")))
     more = tmp_path / "more"
-    d = Distiller(load_config("distill", DistillConfig, [f"teacher={world}", f"init={world}",
-                                                         f"out={more}", "batch_size=4", "steps=2", "ema=0"]))  # fmt: skip
+    d = Distiller(
+        load_config(
+            "distill",
+            DistillConfig,
+            [
+                f"teacher={world}",
+                f"init={world}",
+                f"out={more}",
+                "batch_size=4",
+                "steps=2",
+                "ema=0",
+            ],
+        )
+    )
     first = load_world(world)
     for a, b in zip(
         d.model.state_dict().values(), first.student.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)  # starts from the world's (fp16) student, not the teacher
     d.fit()
-    solved = Distiller(load_config("distill", DistillConfig, [f"teacher={world}", f"init={world}", "target=solve",
-                                                             f"out={tmp_path / 'solved'}", "batch_size=4", "steps=2"]))  # fmt: skip
+    solved = Distiller(
+        load_config(
+            "distill",
+            DistillConfig,
+            [
+                f"teacher={world}",
+                f"init={world}",
+                "target=solve",
+                f"out={tmp_path / 'solved'}",
+                "batch_size=4",
+                "steps=2",
+            ],
+        )
+    )
     solved.fit()
     assert solved.step == 2 and (tmp_path / "solved" / "latest").exists()
-    rolled = Distiller(load_config("distill", DistillConfig, [f"teacher={world}", f"init={world}", "target=rollout",
-                                                             "unroll=2", f"out={tmp_path / 'rolled'}", "batch_size=4", "steps=2"]))  # fmt: skip
+    rolled = Distiller(
+        load_config(
+            "distill",
+            DistillConfig,
+            [
+                f"teacher={world}",
+                f"init={world}",
+                "target=rollout",
+                "unroll=2",
+                f"out={tmp_path / 'rolled'}",
+                "batch_size=4",
+                "steps=2",
+            ],
+        )
+    )
     segment = rolled.train_data.sample(2, np.random.default_rng(0))  # context + unroll + 1 frames
     assert segment.obs.shape[1] == rolled.model_cfg.denoiser.context + 3
     rolled.fit()
@@ -201,15 +252,35 @@ def test_distilling_further_from_a_world_folder(small_run, tmp_path):
     second = load_world(w2)
     assert second.meta["student"]["run"] == str(more)
     assert torch.equal(second.start_frames, first.start_frames)
-    assert all(torch.equal(a, b) for a, b in zip(second.model.state_dict().values(),
-                                                 first.model.state_dict().values(), strict=True))  # fmt: skip
-    assert any(not torch.equal(a, b) for a, b in zip(second.student.state_dict().values(),
-                                                     first.student.state_dict().values(), strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            second.model.state_dict().values(), first.model.state_dict().values(), strict=True
+        )
+    )
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            second.student.state_dict().values(), first.student.state_dict().values(), strict=True
+        )
+    )
 
 
 def test_schedule_follows_the_time_budget(small_run, tmp_path):
-    d = Distiller(load_config("distill", DistillConfig, [f"teacher={small_run}", f"out={tmp_path / 's'}",
-                                                         "steps=1000", "minutes=10", "n_start=10", "n_end=40"]))  # fmt: skip
+    d = Distiller(
+        load_config(
+            "distill",
+            DistillConfig,
+            [
+                f"teacher={small_run}",
+                f"out={tmp_path / 's'}",
+                "steps=1000",
+                "minutes=10",
+                "n_start=10",
+                "n_end=40",
+            ],
+        )
+    )
     assert d.cfg.levels_at(d.schedule_step()) == 10
     d.elapsed = 9.5 * 60  # 95% of the time budget spent at step 0
     assert d.schedule_step() == 950 and d.cfg.levels_at(d.schedule_step()) == 40
@@ -219,9 +290,17 @@ def test_distilling_on_another_games_data_is_refused(small_run, tmp_path):
     from worldsim.data.collect import CollectConfig, collect
     from worldsim.data.store import DataError
 
-    maze = collect(load_config("collect", CollectConfig, ["env=maze", f"out={tmp_path / 'maze'}", "steps=200",
-                                                          "workers=1", "env.frame_size=32"]))  # fmt: skip
-    cfg = load_config("distill", DistillConfig, [f"teacher={small_run}", f"data={maze.root}",
-                                                 f"out={tmp_path / 's'}", "steps=1"])  # fmt: skip
+    maze = collect(
+        load_config(
+            "collect",
+            CollectConfig,
+            ["env=maze", f"out={tmp_path / 'maze'}", "steps=200", "workers=1", "env.frame_size=32"],
+        )
+    )
+    cfg = load_config(
+        "distill",
+        DistillConfig,
+        [f"teacher={small_run}", f"data={maze.root}", f"out={tmp_path / 's'}", "steps=1"],
+    )
     with pytest.raises(DataError, match="not the teacher's game"):
         Distiller(cfg)

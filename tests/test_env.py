@@ -107,8 +107,10 @@ def test_vector_env_autoreset(tiny_world, mode, precision):
                 assert all(obs[i].tobytes() in starts for i in np.flatnonzero(done))
                 final = info["final_obs"]  # (N,) frames where done, even when all are
                 assert final.shape == (3,) and all(final[i] is None for i in np.flatnonzero(~done))
-                assert all(final[i].dtype == np.uint8 and final[i].shape == (32, 32, 3)
-                           for i in np.flatnonzero(done))  # fmt: skip
+                assert all(
+                    final[i].dtype == np.uint8 and final[i].shape == (32, 32, 3)
+                    for i in np.flatnonzero(done)
+                )
             since_start += 1
         assert (trunc[~term] == (since_start[~term] >= 3)).all()
         if mode == "same_step":
@@ -297,8 +299,23 @@ def test_rl_command_trains_in_the_dream_and_scores_in_the_real_game(tiny_world, 
     from worldsim.cli import main
 
     out = tmp_path / "rl"
-    assert main(["rl", f"world={tiny_world}", "steps=256", "num_envs=2", "eval_episodes=2", "eval_max_steps=30",
-                 "max_episode_steps=20", "real_baseline=false", "check_steps=30", f"out={out}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rl",
+                f"world={tiny_world}",
+                "steps=256",
+                "num_envs=2",
+                "eval_episodes=2",
+                "eval_max_steps=30",
+                "max_episode_steps=20",
+                "real_baseline=false",
+                "check_steps=30",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert len(report["dream_agent"]) == 2 and len(report["random"]) == 2
     assert (out / "agent_dream.zip").exists() and (out / "dream_agent_in_real_game.mp4").exists()

@@ -35,8 +35,13 @@ def test_collection_records_each_lost_life(bricks_data):
 
 def test_episodes_recorded_before_lives_read_as_no_lost_life(tmp_path):
     T = 5
-    ep = Episode(np.zeros((T + 1, 8, 8, 3), np.uint8), np.zeros(T, np.int64),
-                 np.zeros(T, np.float32), np.zeros(T, bool), np.zeros(T, bool))  # fmt: skip
+    ep = Episode(
+        np.zeros((T + 1, 8, 8, 3), np.uint8),
+        np.zeros(T, np.int64),
+        np.zeros(T, np.float32),
+        np.zeros(T, bool),
+        np.zeros(T, bool),
+    )
     save_episode(tmp_path / "ep.npz", ep)
     with np.load(tmp_path / "ep.npz") as z:  # an older file: the same without life_lost
         old = {k: z[k] for k in z.files if k != "life_lost"}
@@ -56,9 +61,20 @@ def test_appending_lives_to_a_dataset_recorded_without_them_is_refused(tmp_path)
 def reward_run(bricks32, tiny_world, tmp_path_factory):
     """The tiny world's reward/end model refitted alone (denoiser kept) for 60 steps."""
     out = tmp_path_factory.mktemp("runs") / "reward"
-    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={out}", *TINY_TRAIN,
-                                             f"init={tiny_world}", "reward_only=true", "steps=60",
-                                             "batch_size=16", "ckpt_every=60"])  # fmt: skip
+    cfg = load_config(
+        "train",
+        TrainConfig,
+        [
+            f"data={bricks32.root}",
+            f"out={out}",
+            *TINY_TRAIN,
+            f"init={tiny_world}",
+            "reward_only=true",
+            "steps=60",
+            "batch_size=16",
+            "ckpt_every=60",
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.fit()
     return trainer
@@ -90,8 +106,17 @@ def test_a_world_refitted_with_lives_keeps_its_student_and_knows_lives(
 
 
 def test_init_from_a_world_of_another_denoiser_is_refused(bricks32, tmp_path):
-    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path / 'r'}",
-                                             "init=bricks", "reward_only=true", *TINY_TRAIN])  # fmt: skip
+    cfg = load_config(
+        "train",
+        TrainConfig,
+        [
+            f"data={bricks32.root}",
+            f"out={tmp_path / 'r'}",
+            "init=bricks",
+            "reward_only=true",
+            *TINY_TRAIN,
+        ],
+    )
     with pytest.raises(files.CheckpointError, match="denoiser config differs"):
         Trainer(cfg)
     assert not (tmp_path / "r").exists()
@@ -162,8 +187,10 @@ def test_vector_env_goes_on_after_lost_lives_like_single_envs(lossy_world):
     for a in actions:
         obs, _, term, _, info = venv.step(a)
         assert term.all() and info["life_lost"].all()
-        assert all(np.array_equal(o, f) and f.dtype == np.uint8
-                   for o, f in zip(obs, info["final_obs"], strict=True))  # fmt: skip
+        assert all(
+            np.array_equal(o, f) and f.dtype == np.uint8
+            for o, f in zip(obs, info["final_obs"], strict=True)
+        )
         seen.append(obs)
     single = WorldModelEnv(str(lossy_world), end_on_life_loss=True)
     for i in range(2):

@@ -51,9 +51,16 @@ def test_game_loop_sends_the_keyboard_actions(tiny_world, tmp_path):
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     cfg = PlayConfig(world=str(tiny_world), fps=0, out=str(tmp_path))
     s = Recording(cfg)
-    script = [[key(pygame.KEYDOWN, pygame.K_RIGHT)], [], [key(pygame.KEYUP, pygame.K_RIGHT), key(pygame.KEYDOWN, pygame.K_SPACE)],
-              [key(pygame.KEYUP, pygame.K_SPACE)], [key(pygame.KEYDOWN, pygame.K_p)], [], [key(pygame.KEYDOWN, pygame.K_n)],
-              [key(pygame.KEYDOWN, pygame.K_q)]]  # fmt: skip
+    script = [
+        [key(pygame.KEYDOWN, pygame.K_RIGHT)],
+        [],
+        [key(pygame.KEYUP, pygame.K_RIGHT), key(pygame.KEYDOWN, pygame.K_SPACE)],
+        [key(pygame.KEYUP, pygame.K_SPACE)],
+        [key(pygame.KEYDOWN, pygame.K_p)],
+        [],
+        [key(pygame.KEYDOWN, pygame.K_n)],
+        [key(pygame.KEYDOWN, pygame.K_q)],
+    ]
     events = iter(script)
     s.run(lambda: next(events))
     # right, right, fire, noop, (paused: nothing), (paused: nothing), single step: noop; then quit
@@ -62,8 +69,23 @@ def test_game_loop_sends_the_keyboard_actions(tiny_world, tmp_path):
 
 def test_headless_session_records_mp4_and_episode(tiny_world, tmp_path, capsys):
     out = tmp_path / "rec"
-    assert main(["play", f"world={tiny_world}", "headless=true", "policy=sticky", "frames=20", "fps=0",
-                 "record=true", f"out={out}", "sampler=euler", "steps=1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "play",
+                f"world={tiny_world}",
+                "headless=true",
+                "policy=sticky",
+                "frames=20",
+                "fps=0",
+                "record=true",
+                f"out={out}",
+                "sampler=euler",
+                "steps=1",
+            ]
+        )
+        == 0
+    )
     mp4s = list(out.glob("*.mp4"))
     assert mp4s and all(p.read_bytes()[4:8] == b"ftyp" for p in mp4s)
     ds = Dataset.open(out)
@@ -102,8 +124,11 @@ def test_actions_file_drives_headless_play(tiny_world, tmp_path):
 
 
 def test_play_runs_the_world_in_the_precision_asked(tiny_world, capsys):
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=3,
-                               fps=0, precision="bf16"))  # fmt: skip
+    s = PlaySession(
+        PlayConfig(
+            world=str(tiny_world), headless=True, policy="random", frames=3, fps=0, precision="bf16"
+        )
+    )
     assert s.env.world.precision == "bf16" and s.run(lambda: [])["frames"] == 3
     assert (
         main(["play", f"world={tiny_world}", "headless=true", "policy=random", "precision=fp16"])
@@ -115,8 +140,17 @@ def test_play_runs_the_world_in_the_precision_asked(tiny_world, capsys):
 def test_unwritable_recording_folder_is_one_message_and_play_goes_on(tiny_world, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # a folder inside a file cannot be made, even by root
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=5, fps=0,
-                               record=True, out=str(blocker / "sub")))  # fmt: skip
+    s = PlaySession(
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="random",
+            frames=5,
+            fps=0,
+            record=True,
+            out=str(blocker / "sub"),
+        )
+    )
     result = s.run(lambda: [])
     assert result["frames"] == 5 and result["message"].startswith("recording not saved")
 
@@ -128,8 +162,17 @@ def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp
     # recorded action produced the frame after it (no cut inside an episode), and every step
     # played is in exactly one saved episode
     os.environ["SDL_VIDEODRIVER"] = "dummy"
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=10,
-                               fps=0, record=True, out=str(tmp_path)))  # fmt: skip
+    s = PlaySession(
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="random",
+            frames=10,
+            fps=0,
+            record=True,
+            out=str(tmp_path),
+        )
+    )
     press = key(pygame.KEYDOWN, pygame.K_r if command == "reset" else pygame.K_g)
     events = iter([[]] * 4 + [[press]] + [[]] * 5)
     assert s.run(lambda: next(events))["frames"] == 10
@@ -148,8 +191,17 @@ def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
     import threading
 
     os.environ["SDL_VIDEODRIVER"] = "dummy"
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=10,
-                               fps=0, record=True, out=str(tmp_path)))  # fmt: skip
+    s = PlaySession(
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="random",
+            frames=10,
+            fps=0,
+            record=True,
+            out=str(tmp_path),
+        )
+    )
     release, written, write = threading.Event(), [], s.recorder.write
 
     def held_write(ep, source, threads=None):
@@ -178,8 +230,16 @@ def test_an_unexpected_error_while_writing_is_raised_when_play_ends(tiny_world, 
     # a restart's write fails in the background: play goes on; at the end the episode still
     # being recorded is written (on every encoder thread, play being over), then the error
     # is raised, not lost in the thread
-    s = PlaySession(PlayConfig(world=str(tiny_world), headless=True, policy="random", frames=6,
-                               fps=0, out=str(tmp_path)))  # fmt: skip
+    s = PlaySession(
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="random",
+            frames=6,
+            fps=0,
+            out=str(tmp_path),
+        )
+    )
     write, calls = s.recorder.write, []
 
     def first_fails(ep, source, threads=None):
@@ -205,11 +265,19 @@ def test_an_unexpected_error_while_writing_is_raised_when_play_ends(tiny_world, 
 def test_a_screenshot_that_cannot_be_written_is_an_error(tiny_world, tmp_path):
     # refused before play starts, not after the session
     with pytest.raises(ValueError, match="no folder"):
-        PlayConfig(world=str(tiny_world), headless=True, policy="random",
-                   screenshot=str(tmp_path / "missing" / "shot.png"))  # fmt: skip
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="random",
+            screenshot=str(tmp_path / "missing" / "shot.png"),
+        )
     with pytest.raises(ValueError, match="must be a .png or .jpg file"):
-        PlayConfig(world=str(tiny_world), headless=True, policy="random",
-                   screenshot=str(tmp_path / "shot.txt"))  # fmt: skip
+        PlayConfig(
+            world=str(tiny_world),
+            headless=True,
+            policy="random",
+            screenshot=str(tmp_path / "shot.txt"),
+        )
 
 
 def test_recording_into_another_games_folder_writes_nothing(tiny_world, tmp_path):

@@ -61,8 +61,18 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "worldsim", "train", f"data={bricks32.root}", f"out={run}",
-           *TINY_TRAIN, "steps=100000", "ckpt_every=3", "batch_size=8"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "worldsim",
+        "train",
+        f"data={bricks32.root}",
+        f"out={run}",
+        *TINY_TRAIN,
+        "steps=100000",
+        "ckpt_every=3",
+        "batch_size=8",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (run / "checkpoints" / "step_0000006").exists():
@@ -88,9 +98,22 @@ def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
 
 def test_ddp_with_two_cpu_processes_writes_one_checkpoint(bricks32, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "worldsim", "train", f"data={bricks32.root}", f"out={run}", *TINY_TRAIN, "steps=4",
-           "ckpt_every=4", "batch_size=4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "worldsim",
+        "train",
+        f"data={bricks32.root}",
+        f"out={run}",
+        *TINY_TRAIN,
+        "steps=4",
+        "ckpt_every=4",
+        "batch_size=4",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -148,8 +171,17 @@ def test_optimizer_settings_are_checked_and_no_warmup_works(bricks32, tmp_path):
         with pytest.raises(ValueError, match="must be"):
             load_config("train", TrainConfig, [f"data={bricks32.root}", *bad])
     assert OptimConfig(warmup=0).warmup == 0
-    cfg = load_config("train", TrainConfig, [f"data={bricks32.root}", f"out={tmp_path}", "model=tiny",
-                                             "optim.warmup=0", "batch_size=4"])  # fmt: skip
+    cfg = load_config(
+        "train",
+        TrainConfig,
+        [
+            f"data={bricks32.root}",
+            f"out={tmp_path}",
+            "model=tiny",
+            "optim.warmup=0",
+            "batch_size=4",
+        ],
+    )
     assert Trainer(cfg).lr_at(0) == cfg.optim.lr  # no warm-up: the full rate from the start
 
 

@@ -48,7 +48,8 @@ def keep_freed_memory() -> None:
     By default glibc serves each block over 128 KiB with a fresh mmap and unmaps it when
     freed, so every batched world step page-faults its activations back in (the cost is in
     BENCHMARKS.md, "Page faults at every batched step"). Raising the mmap and trim
-    thresholds keeps those pages in the heap for the next step; the process then holds on to its peak memory. Does nothing when
+    thresholds keeps those pages in the heap for the next step; the process then holds on to
+    its peak memory. Does nothing when
     tcmalloc or jemalloc is preloaded (they keep memory already), off glibc, or with
     WORLDSIM_NO_PRELOAD=1.
     """

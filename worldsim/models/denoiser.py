@@ -48,8 +48,10 @@ class DenoiserConfig:
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"model.denoiser.{key} must be a finite number > 0, got {v}")
         if not math.isfinite(self.P_mean) or not (0 <= self.ctx_noise_max < 100):
-            raise ValueError(f"model.denoiser.P_mean must be finite and ctx_noise_max in [0, 100), "
-                             f"got {self.P_mean}, {self.ctx_noise_max}")  # fmt: skip
+            raise ValueError(
+                f"model.denoiser.P_mean must be finite and ctx_noise_max in [0, 100), "
+                f"got {self.P_mean}, {self.ctx_noise_max}"
+            )
         if not 0 <= self.ctx_noise_p <= 1:
             raise ValueError(
                 f"model.denoiser.ctx_noise_p must be in [0, 1], got {self.ctx_noise_p}"
@@ -75,7 +77,8 @@ class Denoiser(nn.Module):
     `worldsim.models.loss.denoising_loss` trains it.
 
     >>> from worldsim.models.unet import UNetConfig
-    >>> cfg = DenoiserConfig(unet=UNetConfig(channels=(8, 8), attention=(False, False), cond_dim=16))
+    >>> unet = UNetConfig(channels=(8, 8), attention=(False, False), cond_dim=16)
+    >>> cfg = DenoiserConfig(unet=unet)
     >>> D = Denoiser(cfg, num_actions=4)
     >>> x0 = D(torch.zeros(2, 3, 16, 16), torch.ones(2), torch.zeros(2, 4, 3, 16, 16),
     ...        torch.zeros(2, 4, dtype=torch.long), torch.zeros(2))
@@ -83,8 +86,12 @@ class Denoiser(nn.Module):
     torch.Size([2, 3, 16, 16])
     """
 
-    def __init__(self, cfg: DenoiserConfig, num_actions: int,
-                 parameterization: Literal["edm", "consistency"] = "edm"):  # fmt: skip
+    def __init__(
+        self,
+        cfg: DenoiserConfig,
+        num_actions: int,
+        parameterization: Literal["edm", "consistency"] = "edm",
+    ):
         super().__init__()
         self.cfg, self.num_actions, self.parameterization = cfg, num_actions, parameterization
         d = cfg.unet.cond_dim
@@ -128,5 +135,5 @@ class Denoiser(nn.Module):
         base = obs[:, -x.shape[1] :].to(x.dtype) if packed else obs[:, -1]
         F_y, s = self.raw(x - base, sigma, obs, act, sigma_ctx, packed)
         c_skip, c_out = s.c_skip.view(-1, 1, 1, 1), s.c_out.view(-1, 1, 1, 1)
-        # = base + c_skip (x - base) + c_out F, written so that c_skip = 1, c_out = 0 gives x exactly
+        # = base + c_skip (x - base) + c_out F, written so c_skip = 1, c_out = 0 gives x exactly
         return c_skip * x + (1 - c_skip) * base + c_out * F_y

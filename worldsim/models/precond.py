@@ -1,4 +1,4 @@
-"""Preconditioning coefficients of the denoiser D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)."""
+"""Preconditioning coefficients of the denoiser D(x, s) = c_skip x + c_out F(c_in x, c_noise)."""
 
 from __future__ import annotations
 

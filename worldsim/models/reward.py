@@ -30,7 +30,8 @@ class RewardConfig:
     def __post_init__(self):
         if not 1 <= len(self.channels) <= 8 or not all(1 <= c <= 4096 for c in self.channels):
             raise ValueError(
-                f"model.reward.channels must be 1 to 8 layers of 1 to 4096, got {list(self.channels)[:10]}"
+                "model.reward.channels must be 1 to 8 layers of 1 to 4096, got "
+                f"{list(self.channels)[:10]}"
             )
         if not (math.isfinite(self.end_weight) and 0 <= self.end_weight <= 1e6):
             raise ValueError(f"model.reward.end_weight must be in [0, 1e6], got {self.end_weight}")
@@ -88,7 +89,8 @@ class RewardEndModel(nn.Module):
     rewards seen in training. Without `life_head` the lost-life logit is -inf (never).
 
     >>> m = RewardEndModel(RewardConfig((8, 8)), context=2, num_actions=3, num_rewards=4)
-    >>> r, e, l = m(torch.zeros(5, 2, 3, 16, 16), torch.zeros(5, dtype=torch.long), torch.zeros(5, 3, 16, 16))
+    >>> z = torch.zeros
+    >>> r, e, l = m(z(5, 2, 3, 16, 16), z(5, dtype=torch.long), z(5, 3, 16, 16))
     >>> r.shape, e.shape, l.shape, bool((l > 0).any())
     (torch.Size([5, 4]), torch.Size([5]), torch.Size([5]), False)
     """
@@ -150,10 +152,11 @@ def best_threshold(
     examples, each counted `weights` times (a subsample of negatives standing for all of
     them counts more than once). Without positives: 0.0 (probability one half).
 
-    >>> best_threshold(torch.tensor([-3.0, -1.0, 2.0, 4.0]), torch.tensor([False, False, True, True]))
+    >>> y = torch.tensor([False, False, True, True])
+    >>> best_threshold(torch.tensor([-3.0, -1.0, 2.0, 4.0]), y)
     0.5
     >>> w = torch.tensor([0.1, 0.1, 1.0, 1.0])
-    >>> best_threshold(torch.tensor([-3.0, 5.0, 2.0, 4.0]), torch.tensor([False, False, True, True]), w)
+    >>> best_threshold(torch.tensor([-3.0, 5.0, 2.0, 4.0]), y, w)
     -0.5
     """
     logits, labels = logits.float().flatten(), labels.bool().flatten()

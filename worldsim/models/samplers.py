@@ -64,7 +64,8 @@ class SamplerConfig:
             raise ValueError(f"sampler.steps must be in [1, {MAX_STEPS}], got {self.steps}")
         if not (math.isfinite(self.sigma_max) and math.isfinite(self.rho) and self.rho > 0):
             raise ValueError(
-                f"sampler sigma_max and rho must be finite (rho > 0), got {self.sigma_max}, {self.rho}"
+                f"sampler sigma_max and rho must be finite (rho > 0), got {self.sigma_max}, "
+                f"{self.rho}"
             )
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(

@@ -38,7 +38,8 @@ class UNetConfig:
             raise ValueError(f"model.unet.stem must be 1, 2 or 4, got {self.stem}")
         if not 1 <= len(self.channels) <= 8 or not all(1 <= c <= 4096 for c in self.channels):
             raise ValueError(
-                f"model.unet.channels must be 1 to 8 levels of 1 to 4096, got {list(self.channels)[:10]}"
+                "model.unet.channels must be 1 to 8 levels of 1 to 4096, got "
+                f"{list(self.channels)[:10]}"
             )
         if not 1 <= self.blocks <= 16:
             raise ValueError(f"model.unet.blocks must be in [1, 16], got {self.blocks}")

@@ -27,7 +27,8 @@ def check_context(
     frames, actions = np.asarray(options["frames"]), np.asarray(options["actions"])
     if frames.shape != (K, *size, 3) or frames.dtype != np.uint8:
         raise ValueError(
-            f"options['frames'] must be ({K}, {size[0]}, {size[1]}, 3) uint8, got {frames.shape} {frames.dtype}"
+            f"options['frames'] must be ({K}, {size[0]}, {size[1]}, 3) uint8, got {frames.shape} "
+            f"{frames.dtype}"
         )
     if actions.shape != (K,) or not np.issubdtype(actions.dtype, np.integer):
         raise ValueError(
@@ -49,12 +50,14 @@ def has_context(options: dict | None) -> bool:
     return bool(options) and ("frames" in options or "actions" in options)
 
 
-def load_checked(world, frame_size: int | None, num_actions: int | None, device,
-                 end_on_life_loss: bool = False) -> WorldBundle:  # fmt: skip
+def load_checked(
+    world, frame_size: int | None, num_actions: int | None, device, end_on_life_loss: bool = False
+) -> WorldBundle:
     bundle = load_world(world, device)
     if end_on_life_loss and not bundle.lives:
         raise ValueError(
-            f"end_on_life_loss=True needs a world that predicts lost lives; {bundle.path} does not: "
+            f"end_on_life_loss=True needs a world that predicts lost lives; {bundle.path} does "
+            "not: "
             f"{LIVES_HINT}"
         )
     h, w = bundle.frame_size
@@ -64,7 +67,8 @@ def load_checked(world, frame_size: int | None, num_actions: int | None, device,
         )
     if num_actions is not None and len(bundle.action_meanings) != num_actions:
         raise ValueError(
-            f"world {bundle.path} has {len(bundle.action_meanings)} actions, not the {num_actions} asked for"
+            f"world {bundle.path} has {len(bundle.action_meanings)} actions, not the "
+            f"{num_actions} asked for"
         )
     return bundle
 
@@ -111,10 +115,19 @@ class WorldModelEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
 
-    def __init__(self, world: str = "bricks", sampler: str | None = None, steps: int | None = None,
-                 max_episode_steps: int = 1000, render_mode: str | None = None, device: str = "cpu",
-                 frame_size: int | None = None, num_actions: int | None = None, precision: str = "fp32",
-                 end_on_life_loss: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        world: str = "bricks",
+        sampler: str | None = None,
+        steps: int | None = None,
+        max_episode_steps: int = 1000,
+        render_mode: str | None = None,
+        device: str = "cpu",
+        frame_size: int | None = None,
+        num_actions: int | None = None,
+        precision: str = "fp32",
+        end_on_life_loss: bool = False,
+    ):
         if render_mode not in (None, "rgb_array", "human"):
             raise ValueError(
                 f"render_mode must be None, 'rgb_array' or 'human', got {render_mode!r}"

@@ -29,11 +29,21 @@ class WorldModelVectorEnv(VectorEnv):
     Atari's EpisodicLifeEnv does; `infos["life_lost"]` says where the world lost a life.
     An explicit `reset()` always starts afresh."""
 
-    def __init__(self, num_envs: int = 8, world: str = "bricks", sampler: str | None = None,
-                 steps: int | None = None, max_episode_steps: int = 1000, device: str = "cpu",
-                 autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-                 frame_size: int | None = None, num_actions: int | None = None, render_mode: str | None = None,
-                 precision: str = "fp32", end_on_life_loss: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        num_envs: int = 8,
+        world: str = "bricks",
+        sampler: str | None = None,
+        steps: int | None = None,
+        max_episode_steps: int = 1000,
+        device: str = "cpu",
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        frame_size: int | None = None,
+        num_actions: int | None = None,
+        render_mode: str | None = None,
+        precision: str = "fp32",
+        end_on_life_loss: bool = False,
+    ):
         if not 1 <= num_envs <= MAX_ENVS:
             raise ValueError(f"num_envs must be in [1, {MAX_ENVS}], got {num_envs}")
         if render_mode not in (None, "rgb_array"):
@@ -115,10 +125,14 @@ class WorldModelVectorEnv(VectorEnv):
         if self.world.actions is None:
             raise ResetNeeded("call reset() before step()")
         actions = np.asarray(actions)
-        if (actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer)
-                or not self.action_space.contains(actions.astype(np.int64))):  # fmt: skip
+        if (
+            actions.shape != (self.num_envs,)
+            or not np.issubdtype(actions.dtype, np.integer)
+            or not self.action_space.contains(actions.astype(np.int64))
+        ):
             raise ValueError(
-                f"actions must be {self.num_envs} integers in [0, {self.single_action_space.n}), got {actions.tolist()}"
+                f"actions must be {self.num_envs} integers in [0, {self.single_action_space.n}), "
+                f"got {actions.tolist()}"
             )
         mode = self.metadata["autoreset_mode"]
         restarted = self._needs_reset.copy() if mode == AutoresetMode.NEXT_STEP else None

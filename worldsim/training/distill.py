@@ -119,8 +119,16 @@ def distance_of(diff: torch.Tensor, distance: str) -> torch.Tensor:
     return pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
 
 
-def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn, x0, sigmas,
-                      generator, solver: str = "heun", distance: str = "pseudo_huber") -> torch.Tensor:  # fmt: skip
+def distillation_loss(
+    student: DenoiseFn,
+    target: DenoiseFn,
+    teacher: DenoiseFn,
+    x0,
+    sigmas,
+    generator,
+    solver: str = "heun",
+    distance: str = "pseudo_huber",
+) -> torch.Tensor:
     """Consistency distillation loss for clean samples x0 on the discretisation `sigmas`
     (descending): d(f(x_t, t), f^-(x_r, r)) / (t - r), with x_r one teacher step from x_t.
     `target` is the student without gradient (iCT/ECT drop the EMA target)."""
@@ -137,8 +145,15 @@ def distillation_loss(student: DenoiseFn, target: DenoiseFn, teacher: DenoiseFn,
     return (distance_of(diff, distance) / (t - r)).mean()
 
 
-def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfig, generator,
-               distance: str = "pseudo_huber", level: float | None = None) -> torch.Tensor:  # fmt: skip
+def solve_loss(
+    student: DenoiseFn,
+    teacher: DenoiseFn,
+    x0,
+    sampler: SamplerConfig,
+    generator,
+    distance: str = "pseudo_huber",
+    level: float | None = None,
+) -> torch.Tensor:
     """d(f(x, s), the teacher's ODE solution from (x, s)) with the teacher's solver `sampler`.
     By default s = sigma_max and x = sigma_max z for fresh unit noise z, as the one-step
     sampler starts; with `level`, s = level and x = x0 + level z, the data noised to a level
@@ -153,8 +168,17 @@ def solve_loss(student: DenoiseFn, teacher: DenoiseFn, x0, sampler: SamplerConfi
     return distance_of(diff, distance).mean()
 
 
-def rollout_loss(student: Callable, frames, act, K: int, unroll: int, sampler: SamplerConfig,
-                 generator, distance: str = "pseudo_huber", level: float | None = None) -> torch.Tensor:  # fmt: skip
+def rollout_loss(
+    student: Callable,
+    frames,
+    act,
+    K: int,
+    unroll: int,
+    sampler: SamplerConfig,
+    generator,
+    distance: str = "pseudo_huber",
+    level: float | None = None,
+) -> torch.Tensor:
     """d(f(x, s | context the student drew), the real frame). `student(x, s, ctx, act)`;
     frames (B, K+unroll+1, 3, H, W) in [-1, 1]; act (B, K+unroll) with act[:, i] the action
     taken at frame i. The student draws `unroll` frames one step at a time from the K real
@@ -184,8 +208,11 @@ def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
     >>> [round(s, 3) for s in multistep_levels(DistillConfig(), steps=(2,))]
     [0.283]
     """
-    levels = {round(float(s), 6) for k in steps
-              for s in karras_sigmas(k + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[1:-1]}  # fmt: skip
+    levels = {
+        round(float(s), 6)
+        for k in steps
+        for s in karras_sigmas(k + 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)[1:-1]
+    }
     return sorted(levels, reverse=True)
 
 
@@ -206,8 +233,11 @@ class Distiller(Trainer):
                 "(data= must come from the teacher's game)"
             )
         super().__init__(cfg, self.source.model_cfg)
-        self.meta["teacher"] = {"run": str(Path(cfg.teacher).resolve()), "step": self.source.step,
-                                "init": cfg.init or None}  # fmt: skip
+        self.meta["teacher"] = {
+            "run": str(Path(cfg.teacher).resolve()),
+            "step": self.source.step,
+            "init": cfg.init or None,
+        }
         self.meta["reward_values"] = self.source.meta["reward_values"]
         self.levels = multistep_levels(self.cfg)  # where solve/rollout train the multistep sampler
 
@@ -244,24 +274,46 @@ class Distiller(Trainer):
             u = int(torch.randint(cfg.unroll + 1, (), generator=gen, device=dev))
             frames = to_unit(batch.obs[:, : K + u + 1].to(dev))
             sampler = SamplerConfig("onestep", 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-            loss = rollout_loss(lambda x, s, c, a: model(x, s, c, a, zero), frames,
-                                batch.act[:, : K + u].to(dev), K, u, sampler, gen, cfg.distance, level)  # fmt: skip
+            loss = rollout_loss(
+                lambda x, s, c, a: model(x, s, c, a, zero),
+                frames,
+                batch.act[:, : K + u].to(dev),
+                K,
+                u,
+                sampler,
+                gen,
+                cfg.distance,
+                level,
+            )
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
         frames = to_unit(batch.obs[:, : K + 1].to(dev))
         ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
         if cfg.target == "solve":
             solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-            loss = solve_loss(lambda x, s: model(x, s, ctx, act, zero),
-                              lambda x, s: self.teacher(x, s, ctx, act, zero), x0, solver, gen, cfg.distance, level)  # fmt: skip
+            loss = solve_loss(
+                lambda x, s: model(x, s, ctx, act, zero),
+                lambda x, s: self.teacher(x, s, ctx, act, zero),
+                x0,
+                solver,
+                gen,
+                cfg.distance,
+                level,
+            )
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
         target_net = self.model if model is self.ddp else model  # no gradient through the target
         sigmas = karras_sigmas(
             cfg.levels_at(self.schedule_step()), cfg.sigma_min, cfg.sigma_max, cfg.rho
         ).to(dev)
         loss = distillation_loss(
-            lambda x, s: model(x, s, ctx, act, zero), lambda x, s: target_net(x, s, ctx, act, zero),
-            lambda x, s: self.teacher(x, s, ctx, act, zero), x0, sigmas, gen, cfg.solver, cfg.distance,
-        )  # fmt: skip
+            lambda x, s: model(x, s, ctx, act, zero),
+            lambda x, s: target_net(x, s, ctx, act, zero),
+            lambda x, s: self.teacher(x, s, ctx, act, zero),
+            x0,
+            sigmas,
+            gen,
+            cfg.solver,
+            cfg.distance,
+        )
         return loss, {"loss": loss.item(), "reward_loss": 0.0}
 
     def write_samples(self, path: Path) -> None:

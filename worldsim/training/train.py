@@ -69,7 +69,8 @@ class OptimConfig:
             raise ValueError(f"optim.decay must be in [0, 1], got {self.decay}")
         if self.warmup < 0 or self.weight_decay < 0:
             raise ValueError(
-                f"optim.warmup and optim.weight_decay must be >= 0, got {self.warmup}, {self.weight_decay}"
+                f"optim.warmup and optim.weight_decay must be >= 0, got {self.warmup}, "
+                f"{self.weight_decay}"
             )
 
 
@@ -183,18 +184,25 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = self.build_model(reward_values).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
-                                     weight_decay=cfg.optim.weight_decay)  # fmt: skip
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        )
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.warmup: int | None = None  # a time-budgeted run's warm-up, once decided
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="batches")
         self._next: tuple[int, Future] | None = None
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
-        self.meta = {"kind": "worldsim-run", "env_id": self.ds.meta["env_id"],
-                     "action_meanings": self.ds.action_meanings, "frame_size": list(self.ds.frame_size),
-                     "reward_values": reward_values, "model": _plain(self.model_cfg),
-                     "lives": self.ds.lives, "config": _plain(_absolute_paths(cfg))}  # fmt: skip
+        self.meta = {
+            "kind": "worldsim-run",
+            "env_id": self.ds.meta["env_id"],
+            "action_meanings": self.ds.action_meanings,
+            "frame_size": list(self.ds.frame_size),
+            "reward_values": reward_values,
+            "model": _plain(self.model_cfg),
+            "lives": self.ds.lives,
+            "config": _plain(_absolute_paths(cfg)),
+        }
         self._start_or_resume()
         self.ddp = self.model
         if self.world_size > 1:
@@ -229,8 +237,11 @@ class Trainer:
                 self.load(path)
             except files.CheckpointError:
                 continue
-            print(f"resume: the latest checkpoint cannot be used ({first}); resuming from {path.name}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"resume: the latest checkpoint cannot be used ({first}); resuming from "
+                f"{path.name}",
+                file=sys.stderr,
+            )
             return
         raise first
 
@@ -243,8 +254,12 @@ class Trainer:
         if self.rank != 0:
             return
         opt_tensors, groups = ckpt.optimizer_tensors(self.opt)
-        files = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optim": opt_tensors,
-                 "rng": {"torch_global": torch.get_rng_state()}}  # fmt: skip
+        files = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optim": opt_tensors,
+            "rng": {"torch_global": torch.get_rng_state()},
+        }
         state = {
             **self.meta,
             "param_groups": groups,
@@ -426,9 +441,15 @@ class Trainer:
     def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch of segments under `model` (the DDP-wrapped one, or the EMA)."""
         K, dev = self.model_cfg.denoiser.context, self.device
-        return model(batch.obs.to(dev), batch.act[:, :K].to(dev), batch.rew[:, 0].to(dev),
-                     batch.end[:, 0].to(dev), gen, life=batch.life[:, 0].to(dev),
-                     denoiser=not self.cfg.reward_only)  # fmt: skip
+        return model(
+            batch.obs.to(dev),
+            batch.act[:, :K].to(dev),
+            batch.rew[:, 0].to(dev),
+            batch.end[:, 0].to(dev),
+            gen,
+            life=batch.life[:, 0].to(dev),
+            denoiser=not self.cfg.reward_only,
+        )
 
     def write_samples(self, path: Path) -> None:
         from worldsim.training.samples import write_sample_grid
@@ -454,7 +475,8 @@ class Trainer:
         if self.step < self.min_useful_steps:
             print(
                 f"warning: {self.step} steps are too few for a useful world (aim for at least "
-                f"{self.min_useful_steps}); is the machine busy? Continue with resume=true and a larger "
+                f"{self.min_useful_steps}); is the machine busy? Continue with resume=true and a "
+                "larger "
                 f"minutes= (now {cfg.minutes:g}), or free the CPU",
                 file=sys.stderr,
             )
@@ -462,10 +484,17 @@ class Trainer:
     def fit(self) -> None:
         """Train until `steps` or the time budget, whichever ends first, with checkpoints."""
         if self.test_data is None and self.rank == 0:
-            print(f"{self.cfg.data}: no held-out (test) episodes, so no held-out loss; record "
-                  "with test_fraction > 0 to have one")  # fmt: skip
-        bar = tqdm(total=self.planned_steps(), initial=self.step, desc=self.progress_name,
-                   unit="step", disable=self.rank != 0)  # fmt: skip
+            print(
+                f"{self.cfg.data}: no held-out (test) episodes, so no held-out loss; record "
+                "with test_fraction > 0 to have one"
+            )
+        bar = tqdm(
+            total=self.planned_steps(),
+            initial=self.step,
+            desc=self.progress_name,
+            unit="step",
+            disable=self.rank != 0,
+        )
         log = open(self.run / "log.jsonl", "a") if self.rank == 0 else None
         try:
             self._loop(bar, log)
@@ -488,8 +517,11 @@ class Trainer:
             if cfg.minutes > 0:  # the total is whichever ends first, steps or time
                 bar.total = self.planned_steps()
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", rew=f"{m['reward_loss']:.3f}",
-                            sps=f"{m['samples_per_s']:.0f}")  # fmt: skip
+            bar.set_postfix(
+                loss=f"{m['loss']:.4f}",
+                rew=f"{m['reward_loss']:.3f}",
+                sps=f"{m['samples_per_s']:.0f}",
+            )
             out_of_time = cfg.minutes > 0 and now - t0 > 60 * cfg.minutes
             due = self.step % cfg.eval_every == 0 or self.step == cfg.steps or out_of_time
             if due and self.test_data is not None:
@@ -527,8 +559,11 @@ def _truncate_log(log: Path, step: int) -> None:
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
     """The config with its folders absolute, so a run folder works from any directory."""
-    paths = {k: str(Path(getattr(cfg, k)).resolve()) for k in ("data", "out", "init", "teacher")
-             if getattr(cfg, k, "")}  # fmt: skip
+    paths = {
+        k: str(Path(getattr(cfg, k)).resolve())
+        for k in ("data", "out", "init", "teacher")
+        if getattr(cfg, k, "")
+    }
     return replace(cfg, **paths)
 
 
