@@ -49,8 +49,8 @@ class RLConfig:
     device: str = "cpu"
     """cpu or cuda (for the worlds and the agent)."""
     precision: str = "fp32"
-    """fp32, or bf16: the worlds under bfloat16 autocast (about 2x the batched frames/s on
-    CPUs with AMX or AVX512-BF16, and on GPUs)."""
+    """fp32, or bf16: the worlds' networks in bfloat16 (faster on CPUs with AMX or
+    AVX512-BF16 and on GPUs, emulated and slow elsewhere; BENCHMARKS.md)."""
     minutes: float = 0.0
     """Wall-clock budget for training in the world (0 = none); the real-game baseline then
     trains for as many steps as the dream agent got."""

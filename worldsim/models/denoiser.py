@@ -37,8 +37,8 @@ class DenoiserConfig:
     residual: bool = False
     """Diffuse the change from the last context frame instead of the frame itself (the
     contract D(x, sigma) -> x0 is unchanged). Sharper static pixels one step ahead, but any
-    bias in the change accumulates over autoregressive rollouts (measured: whole-frame PSNR
-    at h16 22.9 dB vs 26.5 without, BENCHMARKS.md), so it is off by default."""
+    bias in the change accumulates over autoregressive rollouts (BENCHMARKS.md, "Residual or
+    not"), so it is off by default."""
 
     def __post_init__(self):
         if not 1 <= self.context <= 64:

@@ -114,8 +114,8 @@ class RunConfig:
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
     precision: str = "auto"
-    """auto (bfloat16 autocast on GPUs and on CPUs with AMX or AVX512-BF16, about 2x faster
-    there; fp32 elsewhere), fp32 or bf16."""
+    """auto (bfloat16 autocast on GPUs and on CPUs with AMX or AVX512-BF16, where it is
+    faster; fp32 elsewhere), fp32 or bf16."""
 
     def __post_init__(self):
         check_precision(self.precision, TRAIN_PRECISIONS)
