@@ -10,7 +10,7 @@ gives the same actions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -172,6 +172,12 @@ class PolicyConfig:
             )
 
 
+class Autopilot(Protocol):
+    """A game with a scripted coverage policy (the built-in games' unwrapped envs)."""
+
+    def autopilot_action(self, rng: np.random.Generator) -> int: ...
+
+
 def has_autopilot(env: gym.Env) -> bool:
     """Whether the game has a scripted coverage policy (the built-in games do)."""
     return hasattr(env.unwrapped, "autopilot_action")
@@ -198,7 +204,10 @@ class Policy:
     def __init__(self, cfg: PolicyConfig, env: gym.Env, rng: np.random.Generator):
         self.name = policy_name(cfg, env, rng)
         self.cfg, self.env, self.rng = cfg, env, rng
-        self.n = int(env.action_space.n)
+        space = env.action_space
+        if not isinstance(space, gym.spaces.Discrete):
+            raise TypeError(f"policies play discrete action spaces, got {space}")
+        self.n = int(space.n)
         self.uniform, self.sticky = Uniform(self.n, rng), Sticky(self.n, rng, cfg.repeat)
         self.wrong = 0
         if self.name in ("scripted", "miss") and not has_autopilot(env):
@@ -215,13 +224,16 @@ class Policy:
         # scripted: the autopilot, but now and then (eps) a sticky random action instead
         if self.name == "sticky" or self.sticky.holding or self.rng.random() < self.cfg.eps:
             return self.sticky()
-        return int(self.env.unwrapped.autopilot_action(self.rng))
+        return int(self._autopilot().autopilot_action(self.rng))
+
+    def _autopilot(self) -> Autopilot:
+        return cast(Autopilot, self.env.unwrapped)  # checked by has_autopilot in __init__
 
     def _miss(self) -> int:
         """The autopilot, but in stretches of 4-16 steps it presses another key than it
         would (away from the ball, into a wall)."""
         rng = self.rng
-        right = int(self.env.unwrapped.autopilot_action(rng))
+        right = int(self._autopilot().autopilot_action(rng))
         if self.wrong == 0 and rng.random() < self.cfg.miss_p:
             self.wrong = int(rng.integers(4, 17))
         if self.wrong > 0 and self.n > 1:

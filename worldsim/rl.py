@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class RLConfig:
 
 
 # RL Zoo's Atari settings for PPO (128-step rollouts, 4 epochs, clip 0.1, entropy bonus)
-PPO_ARGS = dict(
+PPO_ARGS: dict[str, Any] = dict(
     n_steps=128,
     batch_size=256,
     n_epochs=4,
@@ -165,7 +165,7 @@ def world_envs(cfg: RLConfig):
 def check_ends(venv, cfg: RLConfig, life: bool) -> dict:
     """Random play in the training worlds themselves and in as many real games: how often
     each ends an episode (`cfg.check_steps` steps; PPO's first reset reseeds the worlds)."""
-    check = {"life_loss": life}
+    check: dict[str, object] = {"life_loss": life}
     if cfg.check_steps:
         world_ends, _ = dream_rates(venv.venv, None, cfg.check_steps, cfg.seed)
         real_ends, _ = real_rates(

@@ -88,6 +88,7 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
     )
     if fused and x.dtype not in _CONV_ADD_UNSUPPORTED:
         c = conv
+        args: tuple[object, ...]  # the op's remaining arguments, of mixed types
         args = (c.padding, c.stride, c.dilation, c.groups, "add", None, None, [], None)
         try:
             return _CONV_ADD(x, other, c.weight, c.bias, *args)

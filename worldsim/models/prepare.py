@@ -23,6 +23,7 @@ EMA update, loading), prepare the network again.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from worldsim.models.reward import RewardEndModel, conv_packed, refold
 from worldsim.models.unet import GroupNorm, ResBlock, UNet, unpack
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+M = TypeVar("M", bound=nn.Module)
 
 
 def prepare(network: nn.Module, precision: str = "fp32") -> nn.Module:
@@ -61,7 +63,7 @@ def prepare(network: nn.Module, precision: str = "fp32") -> nn.Module:
     return kinds[type(network)](network, precision).eval().requires_grad_(False)
 
 
-def _frozen_copy(net: nn.Module, precision: str) -> nn.Module:
+def _frozen_copy(net: M, precision: str) -> M:
     """A copy of net without gradients, its convolutions in `precision` (linear layers stay
     fp32: the conditioning runs in fp32)."""
     net = copy.deepcopy(net).eval().requires_grad_(False)
@@ -69,6 +71,11 @@ def _frozen_copy(net: nn.Module, precision: str) -> nn.Module:
         if isinstance(m, nn.Conv2d):
             m.to(DTYPES[precision])
     return net
+
+
+def _resblocks(level: nn.Module) -> list[ResBlock]:
+    """The blocks of one level (an `nn.ModuleList` of `ResBlock`s) of a `UNet`."""
+    return [cast(ResBlock, b) for b in cast(nn.ModuleList, level)]
 
 
 def fold_stem(w: torch.Tensor, r: int) -> torch.Tensor:
@@ -99,6 +106,9 @@ class Projections(nn.Module):
     """Every adaptive norm's (1 + scale, shift) of the conditioning, from one fp32 matrix
     product: two dozen small products cost more in per-call overhead than the one, and fp32
     is exact where bf16 rounds. (B, cond_dim) -> a tuple of (B, C, 1, 1), 4 per block."""
+
+    w_t: torch.Tensor
+    b: torch.Tensor
 
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
@@ -136,20 +146,23 @@ class PreparedBlock(nn.Module):
 class PreparedUNet(nn.Module):
     """A `UNet` prepared: `UNet.forward`'s function and signature."""
 
+    stem_w: torch.Tensor | None  # the stem folded for full-resolution input (None: stem 1)
+
     def __init__(self, net: UNet, precision: str):
         super().__init__()
         net = _frozen_copy(net, precision)
         self.cfg, self.dtype = net.cfg, DTYPES[precision]
         self.stem, self.downsample, self.upsample = net.stem, net.downsample, net.upsample
         self.out_norm, self.out = net.out_norm, net.out
-        blocks = [b for part in (*net.down, net.mid, *net.up) for b in part]
+        blocks = [b for part in (*net.down, net.mid, *net.up) for b in _resblocks(part)]
         index = {b: i for i, b in enumerate(blocks)}
         self.down = nn.ModuleList(
-            nn.ModuleList(PreparedBlock(b, index[b]) for b in level) for level in net.down
+            nn.ModuleList(PreparedBlock(b, index[b]) for b in _resblocks(level))
+            for level in net.down
         )
-        self.mid = nn.ModuleList(PreparedBlock(b, index[b]) for b in net.mid)
+        self.mid = nn.ModuleList(PreparedBlock(b, index[b]) for b in _resblocks(net.mid))
         self.up = nn.ModuleList(
-            nn.ModuleList(PreparedBlock(b, index[b]) for b in level) for level in net.up
+            nn.ModuleList(PreparedBlock(b, index[b]) for b in _resblocks(level)) for level in net.up
         )
         self.projections = Projections([n.proj for b in blocks for n in (b.norm1, b.norm2)])
         r = self.cfg.stem
@@ -162,6 +175,8 @@ class PreparedUNet(nn.Module):
         r = self.cfg.stem
         if r == 1:
             return self.stem(x)
+        if self.stem_w is None:
+            raise RuntimeError("stem > 1 but no folded stem weights (stem_w)")
         if self.stem_w.is_contiguous(memory_format=torch.channels_last):
             x = x.to(self.dtype, memory_format=torch.channels_last)
         return F.conv2d(x, self.stem_w, self.stem.bias, stride=r, padding=r)
@@ -173,7 +188,7 @@ class PreparedUNet(nn.Module):
             p = self.projections(cond, h.dtype)
             skips = [h]
             for i, blocks in enumerate(self.down):
-                for block in blocks:
+                for block in cast(nn.ModuleList, blocks):
                     h = block(h, p)
                     skips.append(h)
                 if i < len(self.downsample):
@@ -182,7 +197,7 @@ class PreparedUNet(nn.Module):
             for block in self.mid:
                 h = block(h, p)
             for i in reversed(range(len(self.up))):
-                for block in self.up[i]:
+                for block in cast(nn.ModuleList, self.up[i]):
                     h = block(torch.cat([h, skips.pop()], dim=1), p)
                 if i > 0:
                     h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
@@ -207,12 +222,15 @@ class PreparedDenoiser(nn.Module):
     def forward(self, x, sigma, obs, act, sigma_ctx, packed: bool = False) -> torch.Tensor:
         """x0, as `Denoiser.forward`."""
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            return Denoiser.forward(self, x, sigma, obs, act, sigma_ctx, packed)
+            # Denoiser's own code, run on this module (it has the attributes that reads)
+            return Denoiser.forward(cast(Denoiser, self), x, sigma, obs, act, sigma_ctx, packed)
 
 
 class PreparedReward(nn.Module):
     """A `RewardEndModel` prepared: its first convolution re-folded once for the packed
     context its stride allows (`reward.refold`); its own head (`head_outputs`)."""
+
+    first_w: torch.Tensor | None  # the first convolution re-folded (None: no such form)
 
     head_outputs = RewardEndModel.head_outputs
 
@@ -223,8 +241,9 @@ class PreparedReward(nn.Module):
         self.life_head, self.num_rewards = model.life_head, model.num_rewards
         self.bf16 = precision == "bf16"
         # the packing the first convolution folds for, if any: its stride r (0: none)
-        folded = refold(self.convs[0], self.convs[0].stride[0])
-        self.r, self.first_pad = (self.convs[0].stride[0], folded[1]) if folded else (0, 0)
+        first = cast(nn.Conv2d, self.convs[0])
+        folded = refold(first, first.stride[0])
+        self.r, self.first_pad = (first.stride[0], folded[1]) if folded else (0, 0)
         self.register_buffer("first_w", folded[0] if folded else None)
 
     def forward(
@@ -236,7 +255,9 @@ class PreparedReward(nn.Module):
             if packed:
                 folded = (self.first_w, self.first_pad) if packed == self.r else None
                 x = torch.cat([obs, nxt], dim=1)
-                h = self.convs[1:](conv_packed(self.convs[0], x, packed, folded))
+                first = cast(nn.Conv2d, self.convs[0])
+                h = self.convs[1:](conv_packed(first, x, packed, folded))
             else:
                 h = self.convs(torch.cat([obs.reshape(B, -1, *obs.shape[-2:]), nxt], dim=1))
-            return self.head_outputs(h, action)
+            # RewardEndModel's own head, run on this module (it has the layers that reads)
+            return RewardEndModel.head_outputs(cast(RewardEndModel, self), h, action)

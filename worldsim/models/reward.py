@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -60,14 +61,14 @@ def refold(conv: nn.Conv2d, r: int) -> tuple[torch.Tensor, int] | None:
         or conv.groups != 1
     ):
         return None
-    p = p[0]
-    lo, hi = -(-p // r), (k - 1 - p) // r  # reach in cells
+    pad = p[0]
+    lo, hi = -(-pad // r), (k - 1 - pad) // r  # reach in cells
     if lo != hi:
         return None
     w = conv.weight  # (O, C, k, k)
     out_c, in_c = w.shape[0], w.shape[1]
     big = w.new_zeros(out_c, in_c, r * (2 * lo + 1), r * (2 * lo + 1))
-    big[:, :, r * lo - p : r * lo - p + k, r * lo - p : r * lo - p + k] = w
+    big[:, :, r * lo - pad : r * lo - pad + k, r * lo - pad : r * lo - pad + k] = w
     big = big.view(out_c, in_c, 2 * lo + 1, r, 2 * lo + 1, r).permute(0, 1, 3, 5, 2, 4)
     big = big.reshape(out_c, in_c * r * r, 2 * lo + 1, 2 * lo + 1)
     if w.is_contiguous(memory_format=torch.channels_last):
@@ -120,7 +121,7 @@ class RewardEndModel(nn.Module):
         they are where it can (`refold`, here on every call; `prepare` folds it once)."""
         B = obs.shape[0]
         if packed:
-            x, first = torch.cat([obs, nxt], dim=1), self.convs[0]
+            x, first = torch.cat([obs, nxt], dim=1), cast(nn.Conv2d, self.convs[0])
             h = self.convs[1:](conv_packed(first, x, packed, refold(first, packed)))
         else:
             h = self.convs(torch.cat([obs.reshape(B, -1, *obs.shape[-2:]), nxt], dim=1))

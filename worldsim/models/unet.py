@@ -7,6 +7,7 @@ pixel-unshuffle stem: a 64x64 input is folded into 32x32 with 4x the channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +182,8 @@ class UNet(nn.Module):
         self.out_norm = GroupNorm(_groups(ch[0]), ch[0])
         self.out = nn.Conv2d(ch[0], c_out * cfg.stem**2, 3, padding=1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if self.out.bias is not None:  # always: the conv is built with a bias
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, packed: bool = False) -> torch.Tensor:
         """`packed`: x comes `pack`ed by `cfg.stem`, and the output is left packed."""
@@ -189,7 +191,7 @@ class UNet(nn.Module):
         h = self.stem(x if packed or r == 1 else F.pixel_unshuffle(x, r))
         skips = [h]
         for i, blocks in enumerate(self.down):
-            for block in blocks:
+            for block in cast(nn.ModuleList, blocks):
                 h = block(h, cond)
                 skips.append(h)
             if i < len(self.downsample):
@@ -198,7 +200,7 @@ class UNet(nn.Module):
         for block in self.mid:
             h = block(h, cond)
         for i in reversed(range(len(self.up))):
-            for block in self.up[i]:
+            for block in cast(nn.ModuleList, self.up[i]):
                 h = block(torch.cat([h, skips.pop()], dim=1), cond)
             if i > 0:
                 h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))

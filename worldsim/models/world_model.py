@@ -38,6 +38,8 @@ class WorldModel(nn.Module):
     their plain ones, and this one is where DistributedDataParallel, which synchronises
     gradients through the forward of the module it wraps, enters the pair."""
 
+    reward_values: torch.Tensor  # (num_rewards,) the known reward values, a buffer
+
     def __init__(self, cfg: ModelConfig, num_actions: int, reward_values: list[float]):
         super().__init__()
         self.cfg = cfg

@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from worldsim.data.store import DataError
 from worldsim.play.controls import HELP
 from worldsim.runtime import check_precision
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class PlaySession:
             precision=cfg.precision,
         )
         self.samplers = [self.env.world.sampler, self._teacher_sampler()]
-        n = self.env.action_space.n
+        n = int(self.env.action_space.n)
         script = None
         if cfg.policy != "keyboard":
             script = action_source(cfg.policy, n, cfg.seed, cfg.actions)
@@ -124,7 +127,9 @@ class PlaySession:
         )
         self.writer = BackgroundWriter(lambda ep: self._write_recording(ep, threads=1))
         self.recording = RecordingCallback(self.recorder, self.writer.submit)
-        self.real_env, self.real_frame, self.message, self._bar = None, None, "", None
+        self.real_env: gym.Env | None = None
+        self.real_frame: np.ndarray | None = None
+        self.message, self._bar = "", None
         commands = {
             "reset": self.reset,
             "sampler": self.switch_sampler,

@@ -32,7 +32,8 @@ class KeyboardInput:
     def __init__(self, keys_to_action: dict[tuple[int, ...], int], noop: int = 0):
         self.keys_to_action = {tuple(sorted(k)): a for k, a in keys_to_action.items()}
         self.game_keys = {k for combo in self.keys_to_action for k in combo}
-        self.noop, self.held = noop, {}  # held keys, in the order they were pressed
+        self.noop = noop
+        self.held: dict[int, None] = {}  # held keys, in the order they were pressed
 
     def process(self, events) -> list[str]:
         """Update the held keys; return the commands of this batch of events, in order."""

@@ -5,15 +5,25 @@ second, with a callback after every step (the shape of Gymnasium's
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat, cast
 
 import gymnasium as gym
+import numpy as np
 
 from worldsim.play.controls import KeyboardInput
 
-StepCallback = Callable[[Any, Any, int, float, bool, bool, dict], None]
+if TYPE_CHECKING:
+    from worldsim.sim.window import Window
+
+StepCallback = Callable[[Any, Any, int, SupportsFloat, bool, bool, dict], None]
 """callback(obs_t, obs_tp1, action, reward, terminated, truncated, info), after each step."""
+
+
+class _KeyedEnv(Protocol):
+    """An env that maps keys to actions (the built-in games and worlds do)."""
+
+    def get_keys_to_action(self) -> dict[tuple[int, ...], int]: ...
 
 
 class PlayLoop:
@@ -47,7 +57,7 @@ class PlayLoop:
         fps: int = 30,
         actions: Callable[[], int] | None = None,
         frames: int = 0,
-        commands: dict[str, Callable[[], object]] | None = None,
+        commands: Mapping[str, Callable[[], object]] | None = None,
         draw: Callable[[PlayLoop], object] | None = None,
         scale: int = 4,
         noop: int = 0,
@@ -58,7 +68,7 @@ class PlayLoop:
                 f"need fps >= 0, frames >= 0, scale >= 1; got {fps}, {frames}, {scale}"
             )
         if keys_to_action is None:
-            keys_to_action = env.unwrapped.get_keys_to_action()
+            keys_to_action = cast(_KeyedEnv, env.unwrapped).get_keys_to_action()
         if draw is None and env.render_mode != "rgb_array":
             raise ValueError(
                 f"the play window shows env.render(): make the env with render_mode='rgb_array' "
@@ -69,7 +79,7 @@ class PlayLoop:
         self.input = KeyboardInput(keys_to_action, noop)
         self.commands = {"reset": self.reset, "pause": self.pause, **(commands or {})}
         self.draw = draw or _show_render
-        self.window = None  # the default draw's
+        self.window: Window | None = None  # the default draw's
         self.paused, self.fps = False, 0.0
         self.obs, self.info = env.reset(seed=seed)
         self.t, self.ret = 0, 0.0
@@ -141,6 +151,8 @@ def _show_render(loop: PlayLoop) -> None:
     from worldsim.sim.window import Window
 
     frame = loop.env.render()
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"env.render() must return an RGB array, got {type(frame).__name__}")
     if loop.window is None:
         loop.window = Window(frame.shape[:2], loop.scale, "worldsim")
     pause = "  [paused]" if loop.paused else ""

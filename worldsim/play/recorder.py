@@ -25,7 +25,10 @@ class Recorder:
     ):
         self.out, self.env_id, self.meanings = Path(out), env_id, action_meanings
         self.size, self.fps = frame_size, fps
-        self.frames, self.actions, self.rewards, self.ends = [], [], [], []
+        self.frames: list[np.ndarray] = []
+        self.actions: list[int] = []
+        self.rewards: list[float] = []
+        self.ends: list[bool] = []
 
     @property
     def active(self) -> bool:
@@ -98,7 +101,8 @@ class RecordingCallback:
 
     def __init__(self, recorder: Recorder, save: Callable[[Episode], object]):
         self.recorder, self.save = recorder, save
-        self.on, self._last = False, None
+        self.on = False
+        self._last: np.ndarray | None = None
 
     def start(self, obs: np.ndarray) -> None:
         """Record from `obs` (the frame play shows now) on."""
@@ -157,7 +161,7 @@ class BackgroundWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        errors = [f.exception() for f in pending if f.exception() is not None]
+        errors = [e for f in pending if (e := f.exception()) is not None]
         if errors:
             raise errors[0]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -45,9 +47,9 @@ LIVES_HINT = (
 )
 
 
-def has_context(options: dict | None) -> bool:
+def has_context(options: dict | None) -> TypeGuard[dict]:
     """Whether reset options ask for a given start (then `check_context` validates them)."""
-    return bool(options) and ("frames" in options or "actions" in options)
+    return bool(options and ("frames" in options or "actions" in options))
 
 
 def load_checked(
@@ -114,6 +116,7 @@ class WorldModelEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
+    action_space: spaces.Discrete
 
     def __init__(
         self,
@@ -164,7 +167,9 @@ class WorldModelEnv(gym.Env):
             self._render_human()
             return self.world.observation()[0].cpu().numpy(), {"step": self._t, "life_lost": False}
         if has_context(options):
-            frames, actions = check_context(options, K, self.bundle.frame_size, self.action_space.n)
+            frames, actions = check_context(
+                options, K, self.bundle.frame_size, int(self.action_space.n)
+            )
         else:
             i = int(self.np_random.integers(len(self.bundle.start_frames)))
             frames, actions = self.bundle.start_frames[i], self.bundle.start_actions[i]

@@ -29,6 +29,8 @@ class WorldModelVectorEnv(VectorEnv):
     Atari's EpisodicLifeEnv does; `infos["life_lost"]` says where the world lost a life.
     An explicit `reset()` always starts afresh."""
 
+    single_action_space: spaces.Discrete
+
     def __init__(
         self,
         num_envs: int = 8,
@@ -50,7 +52,10 @@ class WorldModelVectorEnv(VectorEnv):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
+        modes: dict[str | AutoresetMode, str | AutoresetMode] = {
+            "next_step": AutoresetMode.NEXT_STEP,
+            "same_step": AutoresetMode.SAME_STEP,
+        }
         mode = modes.get(autoreset_mode, autoreset_mode)
         if mode not in modes.values():
             raise ValueError(
@@ -85,7 +90,10 @@ class WorldModelVectorEnv(VectorEnv):
         self._gens[i].manual_seed(int(rng.integers(2**62)))
         if has_context(options):
             return check_context(
-                options, self.bundle.context, self.bundle.frame_size, self.single_action_space.n
+                options,
+                self.bundle.context,
+                self.bundle.frame_size,
+                int(self.single_action_space.n),
             )
         k = int(rng.integers(len(self.bundle.start_frames)))
         return self.bundle.start_frames[k], self.bundle.start_actions[k]

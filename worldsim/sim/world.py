@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
 
-from worldsim.models.denoiser import Denoiser
+from worldsim.models.denoiser import Denoiser, DenoiserConfig
 from worldsim.models.prepare import prepare
 from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
 from worldsim.models.unet import pack, unpack
@@ -40,7 +40,7 @@ class Sampler:
         packed: bool = False,
     ) -> torch.Tensor:
         B = obs.shape[0]
-        r = self.denoiser.cfg.unet.stem
+        r = cast(DenoiserConfig, self.denoiser.cfg).unet.stem  # a Denoiser's or a prepared one's
         C, H, W = (3, obs.shape[-2] * r, obs.shape[-1] * r) if packed else obs.shape[-3:]
 
         def draw(x=None, channels=C):
@@ -136,13 +136,21 @@ class World:
         """Packed frames of the context -> uint8 (N, C, H, W)."""
         return to_uint8(unpack(packed.float(), self._r))
 
+    def _state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed context and the actions; the world must have been `reset`."""
+        if self._ctx is None or self.actions is None:
+            raise RuntimeError("the world has no state yet: reset it first")
+        return self._ctx, self.actions
+
     def save(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the state of the dreams in `index` (for `restore`)."""
-        return self._ctx[index], self.actions[index]  # (indexing copies)
+        ctx, actions = self._state()
+        return ctx[index], actions[index]  # (indexing copies)
 
     def restore(self, index: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Put back the state `save` took of the dreams in `index`."""
-        self._ctx[index], self.actions[index] = saved
+        ctx, actions = self._state()
+        ctx[index], actions[index] = saved
 
     @property
     def denoiser(self) -> nn.Module:
@@ -161,7 +169,8 @@ class World:
         if index is None or self._ctx is None:
             self._ctx, self.actions = ctx, actions.clone()
         else:
-            self._ctx[index], self.actions[index] = ctx, actions
+            old_ctx, old_actions = self._state()
+            old_ctx[index], old_actions[index] = ctx, actions
 
     @torch.no_grad()
     def draw(
@@ -174,13 +183,14 @@ class World:
     @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: Generators = None) -> Step:
         """Advance every dream by one action (N,)."""
+        ctx, prev = self._state()
         actions = actions.to(self.device, torch.int64)
-        act = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
-        x = self._sampler(self._ctx, act, generator, packed=True)
+        act = torch.cat([prev[:, 1:], actions[:, None]], dim=1)
+        x = self._sampler(ctx, act, generator, packed=True)
         frame = to_uint8(x.float())  # packed
         nxt = to_unit(frame).to(self._dtype)  # what the user sees: uint8 levels
-        r_logits, e_logit, l_logit = self.reward(self._ctx, actions, nxt, packed=self._r)
-        self._ctx = torch.cat([self._ctx[:, nxt.shape[1] :], nxt], dim=1)
+        r_logits, e_logit, l_logit = self.reward(ctx, actions, nxt, packed=self._r)
+        self._ctx = torch.cat([ctx[:, nxt.shape[1] :], nxt], dim=1)
         self.actions = act
         rewards = self.model.reward_values[r_logits.argmax(dim=1)]
         frames = unpack(frame, self._r).permute(0, 2, 3, 1)
@@ -188,4 +198,4 @@ class World:
 
     def observation(self) -> torch.Tensor:
         """The latest frames (N, H, W, 3) uint8."""
-        return self._levels(self._ctx[:, -3 * self._r**2 :]).permute(0, 2, 3, 1)
+        return self._levels(self._state()[0][:, -3 * self._r**2 :]).permute(0, 2, 3, 1)

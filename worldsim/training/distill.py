@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -188,9 +188,11 @@ def rollout_loss(
     with torch.no_grad():
         for t in range(unroll):
             z = torch.randn(frames[:, 0].shape, generator=generator, device=dev)
-            nxt = onestep(
-                lambda x, s, c=ctx, a=act[:, t : t + K]: student(x, s, c, a), z, sampler.sigma_max
-            )
+
+            def draw(x: torch.Tensor, s: torch.Tensor, c=ctx, a=act[:, t : t + K]) -> torch.Tensor:
+                return student(x, s, c, a)
+
+            nxt = onestep(draw, z, sampler.sigma_max)
             ctx = torch.cat([ctx[:, 1:], to_unit(to_uint8(nxt.float()))[:, None]], dim=1)
     x0 = frames[:, K + unroll]
     z = torch.randn(x0.shape, generator=generator, device=dev)
@@ -219,6 +221,7 @@ def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
 class Distiller(Trainer):
     """Trains the student with the Trainer's loop, checkpoints and resume."""
 
+    cfg: DistillConfig
     progress_name = "distill"
     min_useful_steps = 100  # (it starts from the teacher: a short distillation still helps)
 
@@ -322,7 +325,8 @@ class Distiller(Trainer):
         sampler = SamplerConfig(
             "onestep", sigma_min=self.cfg.sigma_min, sigma_max=self.cfg.sigma_max
         )
-        write_sample_grid(self.ema, self.test_data or self.train_data, path, self.device, sampler)
+        ema = cast(Denoiser, self.ema)  # a copy of the student build_model made
+        write_sample_grid(ema, self.test_data or self.train_data, path, self.device, sampler)
 
 
 def distill(cfg: DistillConfig) -> Path:

@@ -35,9 +35,9 @@ def write_sample_grid(
     tiles = torch.cat(
         [obs[:, :K], to_uint8(pred)[:, None], obs[:, K : K + 1]], dim=1
     )  # (B, K+2, 3, H, W)
-    rows = tiles.permute(0, 3, 1, 4, 2).cpu().numpy()  # (B, H, K+2, W, 3)
-    B, H, N, W, _ = rows.shape
-    grid = np.ascontiguousarray(rows.reshape(B * H, N * W, 3))
+    cells = tiles.permute(0, 3, 1, 4, 2).cpu().numpy()  # (B, H, K+2, W, 3)
+    B, H, N, W, _ = cells.shape
+    grid = np.ascontiguousarray(cells.reshape(B * H, N * W, 3))
     grid = grid.repeat(scale, 0).repeat(scale, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), grid[..., ::-1])

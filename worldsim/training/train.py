@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -168,7 +169,11 @@ class Trainer:
     """Fewer optimizer steps than this rarely give a world better than copying the last frame."""
 
     def __init__(self, cfg: RunConfig, model_cfg: ModelConfig | None = None):
-        self.cfg, self.model_cfg = cfg, model_cfg or cfg.model
+        if model_cfg is None:
+            if not isinstance(cfg, TrainConfig):
+                raise TypeError(f"a {type(cfg).__name__} names no model: give model_cfg")
+            model_cfg = cfg.model
+        self.cfg, self.model_cfg = cfg, model_cfg
         self.rank, self.world_size = _init_distributed()
         self.device = resolve_device(cfg.device, self.rank)
         if cfg.precision == "bf16":  # (auto takes bf16 only where it is native)
@@ -425,6 +430,14 @@ class Trainer:
         )
         return [list(m.parameters()) for m in parts]
 
+    @property
+    def train_cfg(self) -> TrainConfig:
+        """The config as the `TrainConfig` that this class's own model and loss read (a
+        subclass with another config overrides those)."""
+        if not isinstance(self.cfg, TrainConfig):
+            raise TypeError(f"Trainer needs a TrainConfig, got {type(self.cfg).__name__}")
+        return self.cfg
+
     # --- what a subclass (the distiller) changes -----------------------------------------
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         model = WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
@@ -432,9 +445,10 @@ class Trainer:
             _, _, ends, lost = self.train_data.flat
             model.end_weight = balanced_weight(int(ends.sum()), len(ends))
             model.life_weight = balanced_weight(int(lost.sum()), len(lost))
-        if self.cfg.init:
-            _init_from(model, Path(self.cfg.init), reward_values)
-        if self.cfg.reward_only:
+        cfg = self.train_cfg
+        if cfg.init:
+            _init_from(model, Path(cfg.init), reward_values)
+        if cfg.reward_only:
             model.denoiser.requires_grad_(False)
         return model
 
@@ -448,13 +462,14 @@ class Trainer:
             batch.end[:, 0].to(dev),
             gen,
             life=batch.life[:, 0].to(dev),
-            denoiser=not self.cfg.reward_only,
+            denoiser=not self.train_cfg.reward_only,
         )
 
     def write_samples(self, path: Path) -> None:
         from worldsim.training.samples import write_sample_grid
 
-        write_sample_grid(self.ema.denoiser, self.test_data or self.train_data, path, self.device)
+        ema = cast(WorldModel, self.ema)  # a copy of what build_model made
+        write_sample_grid(ema.denoiser, self.test_data or self.train_data, path, self.device)
 
     def schedule_step(self) -> int:
         """Where a schedule over `steps` stands: the step, or the share of the time budget
@@ -559,7 +574,7 @@ def _truncate_log(log: Path, step: int) -> None:
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
     """The config with its folders absolute, so a run folder works from any directory."""
-    paths = {
+    paths: dict[str, Any] = {
         k: str(Path(getattr(cfg, k)).resolve())
         for k in ("data", "out", "init", "teacher")
         if getattr(cfg, k, "")
