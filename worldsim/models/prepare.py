@@ -186,22 +186,7 @@ class PreparedUNet(nn.Module):
         with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             h = self.stem(x) if packed else self._stem(x)
             p = self.projections(cond, h.dtype)
-            skips = [h]
-            for i, blocks in enumerate(self.down):
-                for block in cast(nn.ModuleList, blocks):
-                    h = block(h, p)
-                    skips.append(h)
-                if i < len(self.downsample):
-                    h = self.downsample[i](h)
-                    skips.append(h)
-            for block in self.mid:
-                h = block(h, p)
-            for i in reversed(range(len(self.up))):
-                for block in cast(nn.ModuleList, self.up[i]):
-                    h = block(torch.cat([h, skips.pop()], dim=1), p)
-                if i > 0:
-                    h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-            h = self.out(F.silu(self.out_norm(h)))
+            h = UNet.trunk(cast(UNet, self), h, p)
         return h if packed else unpack(h, self.cfg.stem)
 
 

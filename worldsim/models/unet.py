@@ -7,7 +7,7 @@ pixel-unshuffle stem: a 64x64 input is folded into 32x32 with 4x the channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +189,13 @@ class UNet(nn.Module):
         """`packed`: x comes `pack`ed by `cfg.stem`, and the output is left packed."""
         r = self.cfg.stem
         h = self.stem(x if packed or r == 1 else F.pixel_unshuffle(x, r))
+        h = self.trunk(h, cond)
+        return h if packed else unpack(h, self.cfg.stem)
+
+    def trunk(self, h: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Down, middle and up stages and the output head, from the stem's features; `cond`
+        goes to every block as it is (the plain blocks take the conditioning vector, the
+        prepared ones their precomputed projections)."""
         skips = [h]
         for i, blocks in enumerate(self.down):
             for block in cast(nn.ModuleList, blocks):
@@ -204,5 +211,4 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), cond)
             if i > 0:
                 h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        h = self.out(F.silu(self.out_norm(h)))
-        return h if packed else unpack(h, self.cfg.stem)
+        return self.out(F.silu(self.out_norm(h)))
