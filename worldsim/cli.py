@@ -85,6 +85,12 @@ def _rl(overrides: list[str]) -> None:
     print(summary(train_rl(load_config("rl", RLConfig, overrides))))
 
 
+def _loop(overrides: list[str]) -> None:
+    from worldsim.loop import LoopConfig, loop, summary
+
+    print(summary(loop(load_config("loop", LoopConfig, overrides))))
+
+
 def _pipeline(overrides: list[str]) -> None:
     from worldsim.pipeline import PipelineConfig, pipeline
 
@@ -141,6 +147,12 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
             "train a PPO agent inside a world, then score it in the real game",
             cfg_of("worldsim.rl", "RLConfig"),
             _rl,
+        ),
+        "loop": (
+            "the online loop: play the real game with the agent, update the world, train the "
+            "agent in it; repeat",
+            cfg_of("worldsim.loop", "LoopConfig"),
+            _loop,
         ),
         "bundle": (
             "make a self-contained world folder from a training run",

@@ -36,6 +36,9 @@ class RLConfig:
     """Dream episodes are truncated here."""
     sampler: str = ""
     """World sampler (empty = the world's default)."""
+    sampler_steps: int = 0
+    """Network evaluations per frame of that sampler (0 = its default: 1 for onestep, 3 for
+    euler and heun)."""
     eval_episodes: int = 20
     """Real-game episodes to score each policy on."""
     eval_max_steps: int = 2000
@@ -69,6 +72,8 @@ class RLConfig:
         for key in (*positive, "frame_stack"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.sampler_steps < 0:
+            raise ValueError(f"sampler_steps must be >= 0 (0 = default), got {self.sampler_steps}")
         if self.check_steps < 0:
             raise ValueError(f"check_steps must be >= 0 (0 = skip), got {self.check_steps}")
         check_precision(self.precision)
@@ -152,6 +157,7 @@ def world_envs(cfg: RLConfig):
         cfg.num_envs,
         world=cfg.world,
         sampler=cfg.sampler or None,
+        steps=cfg.sampler_steps or None,
         max_episode_steps=cfg.max_episode_steps,
         device=cfg.device,
         precision=cfg.precision,
@@ -176,22 +182,26 @@ def check_ends(venv, cfg: RLConfig, life: bool) -> dict:
     return check
 
 
-def train_in_world(venv, cfg: RLConfig, policy: str):
+def train_in_world(venv, cfg: RLConfig, policy: str, agent=None, callback=None):
     """PPO trained for `cfg.steps` steps (or `cfg.minutes`) in the worlds, seeing
-    `cfg.frame_stack` frames at once (SB3's VecFrameStack)."""
+    `cfg.frame_stack` frames at once (SB3's VecFrameStack); `agent` (a PPO from an earlier
+    call) goes on learning instead of a new one. `callback`: another SB3 callback to run."""
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.vec_env import VecFrameStack
 
     venv.seed(cfg.seed)
-    agent = PPO(
-        policy,
-        VecFrameStack(venv, cfg.frame_stack),
-        seed=cfg.seed,
-        device=cfg.device,
-        **PPO_ARGS,
-    )
+    stacked = VecFrameStack(venv, cfg.frame_stack)
+    if agent is None:
+        agent = PPO(policy, stacked, seed=cfg.seed, device=cfg.device, **PPO_ARGS)
+    else:
+        agent.set_env(stacked)
+    callbacks = [_time_budget(cfg.minutes)] + ([callback] if callback is not None else [])
     agent.learn(
-        total_timesteps=cfg.steps, progress_bar=_has_rich(), callback=_time_budget(cfg.minutes)
+        total_timesteps=cfg.steps,
+        progress_bar=_has_rich(),
+        callback=CallbackList(callbacks),
+        reset_num_timesteps=agent.num_timesteps == 0,
     )
     return agent
 

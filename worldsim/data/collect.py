@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,13 +45,17 @@ class CollectConfig:
             raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
 
 
-def play_episode(env, policy: Policy, seed: int, max_steps: int, report=None) -> Episode:
-    """Play one episode of at most `max_steps` steps; it is truncated if cut at that budget."""
+def play_episode(
+    env, policy: Policy | Callable[[np.ndarray], int], seed: int, max_steps: int, report=None
+) -> Episode:
+    """Play one episode of at most `max_steps` steps; it is truncated if cut at that budget.
+    `policy` is a behaviour Policy or any `act(observation) -> action` (an agent)."""
+    act = (lambda obs: policy.act()) if isinstance(policy, Policy) else policy
     obs, info = env.reset(seed=seed)
     lives = info.get("lives")
     frames, actions, rewards, terms, truncs, lost = [obs], [], [], [], [], []
     for t in range(max_steps):
-        a = policy.act()
+        a = act(obs)
         obs, r, term, trunc, info = env.step(a)
         trunc = trunc or (t == max_steps - 1 and not term)
         frames.append(obs)

@@ -207,6 +207,17 @@ class Dataset:
         save_episode(self.path_for(episode_id), ep)
         self.add_entry(episode_id, len(ep), float(ep.rewards.sum()), policy)
 
+    def drop_from(self, episode_id: int) -> int:
+        """Remove the episodes with ids >= `episode_id` (files and manifest entries; e.g. the
+        unfinished part of a collection that was killed); returns how many were removed."""
+        dropped = [e for e in self.meta["episodes"] if e["id"] >= episode_id]
+        self.meta["episodes"] = [e for e in self.meta["episodes"] if e["id"] < episode_id]
+        self._write_manifest()
+        for path in (self.root / "episodes").glob("ep_*.npz"):
+            if int(path.stem[3:]) >= episode_id:
+                path.unlink()
+        return len(dropped)
+
     def entries(self, split: str | None = None) -> list[dict]:
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
