@@ -16,7 +16,7 @@ pytest.importorskip("stable_baselines3")
 from worldsim.config import load_config  # noqa: E402
 from worldsim.data.store import Dataset  # noqa: E402
 from worldsim.files import load_tensors  # noqa: E402
-from worldsim.loop import LoopConfig, LoopError, loop  # noqa: E402
+from worldsim.loop import STAGES, LoopConfig, LoopError, loop  # noqa: E402
 
 # 2 iterations: 300 steps of mixed play, a world, an agent; then 150 steps of the agent's play
 TINY_LOOP = [
@@ -27,6 +27,7 @@ TINY_LOOP = [
     "iter_steps=150",
     "test_fraction=0.5",
     "world_steps=10",
+    "student_steps=4",
     "batch_size=8",
     "agent_steps=256",
     "num_envs=2",
@@ -61,11 +62,15 @@ def test_loop_grows_data_updates_world_and_agent_and_reports(tmp_path):
     ds = Dataset.open(out / "data")
     assert sum(e["length"] for e in ds.entries()) == 450
     assert {e["policy"] for e in ds.entries() if e["id"] >= len(ds.entries()) - 1} == {"agent"}
-    # each iteration has its own world, trained further than the last
+    # each iteration has its own world, trained further than the last, with its own student
     w0, w1 = (
         load_tensors(out / "worlds" / f"iter_{i:03d}" / "teacher.safetensors") for i in (0, 1)
     )
     assert any((w0[k] != w1[k]).any() for k in w0)
+    s0, s1 = (
+        load_tensors(out / "worlds" / f"iter_{i:03d}" / "student.safetensors") for i in (0, 1)
+    )
+    assert any((s0[k] != s1[k]).any() for k in s0)
     # the same agent trained on: more steps, other weights
     a0, a1 = (PPO.load(out / "agents" / f"iter_{i:03d}.zip") for i in (0, 1))
     assert a1.num_timesteps == a0.num_timesteps + 256 == its[1]["dream_steps"]
@@ -100,7 +105,7 @@ def _kill_at(out: Path, iteration: int, stage: str, overrides: list[str]) -> Non
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "worldsim", "loop", *overrides, f"out={out}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    order = {s: k for k, s in enumerate(("collect", "world", "agent", "score"))}
+    order = {s: k for k, s in enumerate(STAGES)}
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -122,6 +127,7 @@ def _kill_at(out: Path, iteration: int, stage: str, overrides: list[str]) -> Non
     [
         "collect",
         "world",
+        pytest.param("student", marks=pytest.mark.slow),
         pytest.param("agent", marks=pytest.mark.slow),
         pytest.param("score", marks=pytest.mark.slow),
     ],
