@@ -490,8 +490,9 @@ class Loop:
         previous = self.agent_path(i - 1)
         agent = PPO.load(previous, device=cfg.device) if i > 0 else None
         before = agent.num_timesteps if agent is not None else 0
-        counter = end_counter()
-        agent = train_in_world(venv, cfg, _policy_for(venv.venv.bundle.frame_size), agent, counter)
+        counter = end_counter(cfg.steps, f"loop {i}: agent in the world")
+        policy = _policy_for(venv.venv.bundle.frame_size)
+        agent = train_in_world(venv, cfg, policy, agent, counter, progress_bar=False)
         path = self.agent_path(i)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.zip")
@@ -562,10 +563,11 @@ class Loop:
             if mark in done:
                 continue
             if mark > agent.num_timesteps:
+                more = mark - agent.num_timesteps
                 agent.learn(
-                    total_timesteps=mark - agent.num_timesteps,
+                    total_timesteps=more,
                     reset_num_timesteps=agent.num_timesteps == 0,
-                    progress_bar=False,
+                    callback=end_counter(more, f"baseline: PPO in the real game to {mark:,}"),
                 )
             tmp = path.with_name("ppo_real.tmp.zip")
             agent.save(tmp)
@@ -622,14 +624,19 @@ class AgentActor:
         return int(self.agent.predict(self.seen, deterministic=False)[0][0])
 
 
-def end_counter():
+def end_counter(total: int, desc: str):
     """An SB3 callback that counts steps and episode ends (lost lives included where they
-    end training episodes) while the agent trains in the worlds; `per_1k()` reads it."""
+    end training episodes) while the agent trains in the worlds, on a progress bar of
+    `total` steps (a plain tqdm bar, which also reads in a log file); `per_1k()` reads it."""
     from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm import tqdm
 
     class EndCounter(BaseCallback):
         steps = 0
         ends = 0
+
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(total=total, desc=desc, unit="step", smoothing=0.1)
 
         def _on_step(self) -> bool:
             dones, infos = self.locals["dones"], self.locals["infos"]
@@ -638,7 +645,12 @@ def end_counter():
                 bool(d) and not info.get("TimeLimit.truncated", False)
                 for d, info in zip(dones, infos, strict=True)
             )
+            self.bar.update(len(dones))
+            self.bar.set_postfix(ends_per_1k=f"{self.per_1k():.1f}", refresh=False)
             return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
 
         def per_1k(self) -> float:
             return 1000 * self.ends / max(self.steps, 1)

@@ -182,10 +182,13 @@ def check_ends(venv, cfg: RLConfig, life: bool) -> dict:
     return check
 
 
-def train_in_world(venv, cfg: RLConfig, policy: str, agent=None, callback=None):
+def train_in_world(
+    venv, cfg: RLConfig, policy: str, agent=None, callback=None, progress_bar: bool = True
+):
     """PPO trained for `cfg.steps` steps (or `cfg.minutes`) in the worlds, seeing
     `cfg.frame_stack` frames at once (SB3's VecFrameStack); `agent` (a PPO from an earlier
-    call) goes on learning instead of a new one. `callback`: another SB3 callback to run."""
+    call) goes on learning instead of a new one. `callback`: another SB3 callback to run;
+    `progress_bar`: SB3's own (rich) bar, where rich is installed."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.vec_env import VecFrameStack
@@ -199,7 +202,7 @@ def train_in_world(venv, cfg: RLConfig, policy: str, agent=None, callback=None):
     callbacks = [_time_budget(cfg.minutes)] + ([callback] if callback is not None else [])
     agent.learn(
         total_timesteps=cfg.steps,
-        progress_bar=_has_rich(),
+        progress_bar=progress_bar and _has_rich(),
         callback=CallbackList(callbacks),
         reset_num_timesteps=agent.num_timesteps == 0,
     )
