@@ -28,7 +28,7 @@ LAYERS = [
     ("sim", ("worldsim.sim",)),
     ("training", ("worldsim.training",)),
     ("evaluation", ("worldsim.evaluation",)),
-    ("apps", ("worldsim.play", "worldsim.rl", "worldsim.loop", "worldsim.pipeline")),
+    ("apps", ("worldsim.play", "worldsim.rl", "worldsim.online", "worldsim.pipeline")),
     ("entry", ("worldsim.cli", "worldsim.__main__")),
 ]
 

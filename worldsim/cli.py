@@ -86,7 +86,7 @@ def _rl(overrides: list[str]) -> None:
 
 
 def _loop(overrides: list[str]) -> None:
-    from worldsim.loop import LoopConfig, loop, summary
+    from worldsim.online import LoopConfig, loop, summary
 
     print(summary(loop(load_config("loop", LoopConfig, overrides))))
 
@@ -151,7 +151,7 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "loop": (
             "the online loop: play the real game with the agent, update the world, train the "
             "agent in it; repeat",
-            cfg_of("worldsim.loop", "LoopConfig"),
+            cfg_of("worldsim.online", "LoopConfig"),
             _loop,
         ),
         "bundle": (

@@ -16,7 +16,7 @@ pytest.importorskip("stable_baselines3")
 from worldsim.config import load_config  # noqa: E402
 from worldsim.data.store import Dataset  # noqa: E402
 from worldsim.files import load_tensors  # noqa: E402
-from worldsim.loop import STAGES, LoopConfig, LoopError, loop  # noqa: E402
+from worldsim.online import STAGES, LoopConfig, LoopError, loop  # noqa: E402
 
 # 2 iterations: 300 steps of mixed play, a world, an agent; then 150 steps of the agent's play
 TINY_LOOP = [
