@@ -278,3 +278,51 @@ def test_end_on_life_loss_does_not_go_on_after_a_time_limit():
     _, _, term, trunc, info = env.step(0)  # a life lost at the time limit
     assert term and trunc and info["lives"] == 2
     assert int(env.reset()[0][0]) == 0 and env.env.resets == 2
+
+
+def _play_with_rewards(root, n_steps: int, extra_reward: float | None = None) -> Dataset:
+    """Random Bricks-32 play (train and test episodes), one reward set to `extra_reward`."""
+    env = make_env(EnvConfig(frame_size=32))
+    ds = Dataset.create_or_append(
+        root,
+        env_id="worldsim/Bricks-v0",
+        env="bricks",
+        action_meanings=["NOOP", "FIRE", "RIGHT", "LEFT"],
+        frame_size=[32, 32],
+        test_fraction=0.5,
+        lives=True,
+    )
+    for i in range(2):
+        ep = play_episode(
+            env, Policy(PolicyConfig("random"), env, np.random.default_rng(i)), i, n_steps
+        )
+        if extra_reward is not None:
+            ep.rewards[5] = extra_reward
+        ds.add(i, ep, "random")
+    return ds
+
+
+@pytest.mark.parametrize("extra", [None, 99.0])
+def test_a_fine_tune_keeps_the_init_reward_model_unless_the_data_scores_new_amounts(
+    tiny_world, tmp_path, extra
+):
+    """Play that never scored some amounts (an agent's, a few steps of it) keeps the world's
+    reward classes and reward/end model; an amount the world never saw gives a fresh one."""
+    ds = _play_with_rewards(tmp_path / "data", 300, extra)
+    world = load_world(tiny_world)
+    known = world.meta["reward_values"]
+    cfg = load_config(
+        "train",
+        TrainConfig,
+        [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, f"init={tiny_world}"],
+    )
+    trainer = Trainer(cfg)
+    values = trainer.model.reward_values.tolist()
+    same = [
+        torch.equal(w, world.model.reward.state_dict()[k])
+        for k, w in trainer.model.reward.state_dict().items()
+    ]
+    if extra is None:
+        assert values == known and all(same)
+    else:
+        assert 99.0 in values and values != known and not all(same)

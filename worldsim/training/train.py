@@ -186,6 +186,8 @@ class Trainer:
         self.test_data = SegmentSampler(self.ds, "test", K, h) if self.ds.entries("test") else None
         self._check_frame_size()
         reward_values = _reward_values(self.train_data)
+        if isinstance(cfg, TrainConfig) and cfg.init:
+            reward_values = _keep_init_rewards(Path(cfg.init), reward_values)
         torch.manual_seed(cfg.seed)
         self.model = self.build_model(reward_values).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -621,6 +623,14 @@ def _reward_values(data: SegmentSampler) -> list[float]:
             f"{len(values)} distinct rewards in the data; the reward model handles at most 32"
         )
     return values
+
+
+def _keep_init_rewards(init: Path, values: list[float]) -> list[float]:
+    """The reward values of a fine-tune from `init`: init's own when they hold every value in
+    this data (play that never scored some amount keeps the classes the model already has, and
+    its reward/end model with them), else this data's."""
+    known = world_file.load_source(init).meta["reward_values"]
+    return list(known) if set(values) <= set(known) else values
 
 
 def _init_distributed() -> tuple[int, int]:
