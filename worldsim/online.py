@@ -385,22 +385,10 @@ class Loop:
         init = self._previous_weights(i)
         model = self.model_cfg()
         steps = cfg.world_steps if init else (cfg.first_world_steps or cfg.world_steps)
-        resume = (run / "latest").exists()
         train(
             TrainConfig(
-                data=str(self.data),
-                out=str(run),
+                **self._run_settings(i, run, steps),
                 optim=cfg.optim,
-                batch_size=cfg.batch_size,
-                steps=steps,
-                minutes=cfg.world_minutes,
-                eval_every=max(1, steps // 4),
-                sample_every=steps,
-                ckpt_every=max(1, min(500, steps // 4)),
-                seed=cfg.seed * 1_000 + i,
-                resume=resume,
-                device=cfg.device,
-                precision=cfg.precision,
                 env=self.env_cfg(),
                 model=model,
                 init=init,
@@ -411,6 +399,25 @@ class Loop:
         if i > 0 and self.run_dir(i - 1).exists():  # its weights live on in this run
             shutil.rmtree(self.run_dir(i - 1))
         self.advance("student", world=str(world), world_loss=_heldout_loss(run))
+
+    def _run_settings(self, i: int, run: Path, steps: int) -> dict[str, Any]:
+        """What iteration i's world training and distillation share: the loop's data, a run
+        folder resumed where a killed stage left it, checkpoints four times a run."""
+        cfg = self.cfg
+        return dict(
+            data=str(self.data),
+            out=str(run),
+            batch_size=cfg.batch_size,
+            steps=steps,
+            minutes=cfg.world_minutes,
+            eval_every=max(1, steps // 4),
+            sample_every=steps,
+            ckpt_every=max(1, min(500, steps // 4)),
+            seed=cfg.seed * 1_000 + i,
+            resume=(run / "latest").exists(),
+            device=cfg.device,
+            precision=cfg.precision,
+        )
 
     def refresh_student(self, i: int) -> None:
         """Distil the one-step student further for iteration i's teacher (from the previous
@@ -426,22 +433,11 @@ class Loop:
         previous = self._previous_student(i)
         distill(
             DistillConfig(
+                **self._run_settings(i, run, steps),
                 teacher=str(self.run_dir(i)),
                 init=previous,
                 target="solve",
-                data=str(self.data),
-                out=str(run),
                 optim=dataclasses.replace(cfg.optim, lr=min(cfg.optim.lr, 1e-4)),
-                batch_size=cfg.batch_size,
-                steps=steps,
-                minutes=cfg.world_minutes,
-                eval_every=max(1, steps // 2),
-                sample_every=steps,
-                ckpt_every=max(1, min(500, steps // 4)),
-                seed=cfg.seed * 1_000 + i,
-                resume=(run / "latest").exists(),
-                device=cfg.device,
-                precision=cfg.precision,
             )
         )
         world = self.world_dir(i)
