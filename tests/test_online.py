@@ -17,6 +17,7 @@ from worldsim.config import load_config  # noqa: E402
 from worldsim.data.store import Dataset  # noqa: E402
 from worldsim.files import load_tensors  # noqa: E402
 from worldsim.online import STAGES, LoopConfig, LoopError, loop  # noqa: E402
+from worldsim.sim.world_file import resolve  # noqa: E402
 
 # 2 iterations: 300 steps of mixed play, a world, an agent; then 150 steps of the agent's play
 TINY_LOOP = [
@@ -170,3 +171,28 @@ def _first_play_files(out: Path, state: dict) -> set[str]:
         files.add(str(out / "data" / e["file"]))
         steps += e["length"]
     return files
+
+
+def test_loop_from_a_shipped_world_fine_tunes_it(tmp_path, monkeypatch):
+    """world= takes a shipped world's name from any folder; its first play fine-tunes it."""
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        "world=bricks",
+        "real_steps=200",
+        "first_steps=200",
+        "test_fraction=0.5",
+        "world_steps=2",
+        "student_steps=1",
+        "batch_size=2",
+        "agent_steps=256",
+        "num_envs=2",
+        "eval_episodes=1",
+        "eval_max_steps=30",
+        "baselines=false",
+        "precision=fp32",
+    ]
+    report = loop(load_config("loop", LoopConfig, [*overrides, "out=loop"]))
+    assert [h["iteration"] for h in report["iterations"]] == [0]
+    tuned = load_tensors(tmp_path / "loop" / "worlds" / "iter_000" / "teacher.safetensors")
+    shipped = load_tensors(resolve("bricks") / "teacher.safetensors")
+    assert tuned.keys() == shipped.keys() and any((tuned[k] != shipped[k]).any() for k in tuned)

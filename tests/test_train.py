@@ -59,6 +59,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return files.load_tensors(world_file.latest_checkpoint(run) / "model.safetensors")
 
 
+def _latest_step(run) -> int:
+    """The step the run's `latest` pointer names (its folder is written before the pointer
+    moves, so the folder alone does not say a checkpoint is the latest); -1 = none yet."""
+    try:
+        return int((run / "latest").read_text().strip().rsplit("_", 1)[-1])
+    except (FileNotFoundError, ValueError):
+        return -1
+
+
 def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
     run = tmp_path / "run"
     cmd = [
@@ -75,7 +84,7 @@ def test_kill_9_then_resume_continues_exactly(bricks32, tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (run / "checkpoints" / "step_0000006").exists():
+    while time.monotonic() < deadline and _latest_step(run) < 6:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -466,7 +466,11 @@ class Loop:
         for j in range(i - 1, -1, -1):
             if (self.run_dir(j) / "latest").exists():
                 return str(self.run_dir(j))
-        return str(Path(self.cfg.world).resolve()) if self.cfg.world else ""
+        if not self.cfg.world:
+            return ""
+        from worldsim.sim.world_file import resolve
+
+        return str(resolve(self.cfg.world))  # a shipped world's name, or a folder
 
     def model_cfg(self) -> ModelConfig:
         if self.cfg.world:
