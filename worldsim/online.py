@@ -213,10 +213,10 @@ class Loop:
 
     # --- folders and state ---------------------------------------------------------------
     def env_cfg(self) -> EnvConfig:
-        if self.cfg.world:
-            from worldsim.sim.world_file import load_world
+        if self.cfg.world:  # from world.json alone, without loading the networks
+            from worldsim.sim.world_file import load_source, resolve
 
-            return from_dict(EnvConfig, load_world(self.cfg.world).meta["env"])
+            return from_dict(EnvConfig, load_source(resolve(self.cfg.world)).meta["env"])
         return self.cfg.env
 
     @property
