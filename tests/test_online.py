@@ -15,7 +15,7 @@ pytest.importorskip("stable_baselines3")
 
 from worldsim.config import load_config  # noqa: E402
 from worldsim.data.store import Dataset  # noqa: E402
-from worldsim.files import load_tensors  # noqa: E402
+from worldsim.files import CheckpointError, load_tensors  # noqa: E402
 from worldsim.online import STAGES, LoopConfig, LoopError, loop  # noqa: E402
 from worldsim.sim.world_file import resolve  # noqa: E402
 
@@ -196,3 +196,13 @@ def test_loop_from_a_shipped_world_fine_tunes_it(tmp_path, monkeypatch):
     tuned = load_tensors(tmp_path / "loop" / "worlds" / "iter_000" / "teacher.safetensors")
     shipped = load_tensors(resolve("bricks") / "teacher.safetensors")
     assert tuned.keys() == shipped.keys() and any((tuned[k] != shipped[k]).any() for k in tuned)
+
+
+def test_loop_from_a_missing_world_fails_before_writing_anything(tmp_path):
+    with pytest.raises(CheckpointError, match="no world"):
+        loop(
+            load_config(
+                "loop", LoopConfig, ["world=/nope", "first_steps=0", f"out={tmp_path / 'x'}"]
+            )
+        )
+    assert not (tmp_path / "x").exists()

@@ -196,10 +196,11 @@ class Loop:
                     f"{self.root} holds a loop of {self.state['env_id']}, not {self.env_cfg().id}"
                 )
         else:
+            env_id = self.env_cfg().id  # a missing world fails here, before any folder is made
             self.root.mkdir(parents=True, exist_ok=True)
             self.state = {
                 "format": FORMAT_VERSION,
-                "env_id": self.env_cfg().id,
+                "env_id": env_id,
                 "iteration": 0,
                 "stage": "collect",
                 "real_steps": 0,
