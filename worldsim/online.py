@@ -108,8 +108,13 @@ class LoopConfig:
     """Worlds stepped together in one batch while the agent trains."""
     frame_stack: int = 4
     """Frames the agent sees at once."""
-    max_episode_steps: int = 500
-    """Dream episodes are truncated here."""
+    dream_starts: Literal["data", "world"] = "data"
+    """Where the agent's dream episodes start: data = moments drawn uniformly from the loop's
+    real play (the world's own starts while there is none yet), so that short dreams cover
+    the states the game reaches and errors have few steps to compound (as DIAMOND and IRIS
+    do); world = the world's own starting contexts."""
+    max_episode_steps: int = 100
+    """Dream episodes are truncated here (PPO bootstraps the value there)."""
     life_loss: Literal["auto", "on", "off"] = "auto"
     """End training episodes at each lost life (see `worldsim rl --help`)."""
     eval_episodes: int = 20
@@ -487,7 +492,8 @@ class Loop:
         from worldsim.rl import _policy_for, train_in_world, world_envs
 
         cfg = self.rl_cfg()
-        venv, life = world_envs(cfg)
+        starts = self._dream_starts(i)
+        venv, life = world_envs(cfg, starts)
         previous = self.agent_path(i - 1)
         agent = PPO.load(previous, device=cfg.device) if i > 0 else None
         before = agent.num_timesteps if agent is not None else 0
@@ -507,6 +513,19 @@ class Loop:
             dream_ends_per_1k=counter.per_1k(),
             life_loss=life,
         )
+
+    def _dream_starts(self, i: int):
+        """Iteration i's pool of dream starts (None: the world's own)."""
+        from worldsim.data.store import Dataset
+
+        if self.cfg.dream_starts == "world" or not (self.data / "manifest.json").exists():
+            return None
+        ds = Dataset.open(self.data)
+        if not ds.entries("train"):
+            return None
+        K = self.model_cfg().denoiser.context
+        rng = np.random.default_rng([self.cfg.seed, i])
+        return real_contexts(ds, K, START_POOL, rng)
 
     def score(self, i: int) -> None:
         from stable_baselines3 import PPO
@@ -623,6 +642,43 @@ class AgentActor:
         if self.rng.random() < self.explore:
             return int(self.rng.integers(self.n))
         return int(self.agent.predict(self.seen, deterministic=False)[0][0])
+
+
+START_POOL = 4096
+"""Dream starts drawn from the loop's real play per iteration."""
+
+
+def real_contexts(ds, K: int, n: int, rng: np.random.Generator):
+    """`n` moments drawn uniformly from the training episodes of `ds`, as world contexts:
+    frames (n, K, H, W, 3) uint8 and actions (n, K), where actions[:, j] produced frames[:, j];
+    before an episode's first frame the context repeats it with action 0, as training pads.
+    The last frame of an episode that ended (game over) is never a start."""
+    import torch
+
+    from worldsim.data.store import load_fields
+
+    entries = ds.entries("train")
+    # moments t in [0, T] of each episode; T only where it did not end there
+    lengths = np.array([e["length"] for e in entries])
+    ended = np.array(
+        [
+            bool(load_fields(ds.root / e["file"], ("terminated",))["terminated"][-1:].any())
+            for e in entries
+        ]
+    )
+    counts = lengths + 1 - ended
+    picks = np.sort(rng.integers(counts.sum(), size=n))
+    episode = np.searchsorted(np.cumsum(counts), picks, side="right")
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    frames, actions = [], []
+    for j in np.unique(episode):
+        ep = ds.load(entries[j])
+        acts = np.concatenate([np.zeros(K, np.int64), ep.actions])  # acts[K + t - 1] made t
+        for t in picks[episode == j] - offsets[j]:
+            idx = np.arange(t - K + 1, t + 1)
+            frames.append(ep.frames[np.maximum(idx, 0)])
+            actions.append(np.where(idx > 0, acts[np.maximum(idx, 0) + K - 1], 0))
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(actions))
 
 
 def end_counter(total: int, desc: str):

@@ -140,9 +140,10 @@ def real_rates(
     return 1000 * ends / (envs * steps), 1000 * reward / (envs * steps)
 
 
-def world_envs(cfg: RLConfig):
+def world_envs(cfg: RLConfig, starts=None):
     """The batched worlds PPO trains in (an SB3 VecEnv), and whether their episodes end at
-    a lost life (`cfg.life_loss`, resolved for this world)."""
+    a lost life (`cfg.life_loss`, resolved for this world). `starts`: contexts to start
+    episodes from (see WorldModelVectorEnv)."""
     from worldsim.sim.env import LIVES_HINT
     from worldsim.sim.sb3 import WorldVecEnv
     from worldsim.sim.world_file import knows_lives
@@ -162,6 +163,7 @@ def world_envs(cfg: RLConfig):
         device=cfg.device,
         precision=cfg.precision,
         end_on_life_loss=life,
+        starts=starts,
     )
     said = "yes" if life else "no"
     print(f"training episodes end at a lost life: {said} (life_loss={cfg.life_loss})")

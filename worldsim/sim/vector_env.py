@@ -27,7 +27,11 @@ class WorldModelVectorEnv(VectorEnv):
     With `end_on_life_loss=True`, an env whose world loses a life (and does not end)
     terminates, and its autoreset goes on from that moment instead of a new start, as
     Atari's EpisodicLifeEnv does; `infos["life_lost"]` says where the world lost a life.
-    An explicit `reset()` always starts afresh."""
+    An explicit `reset()` always starts afresh.
+
+    `starts`: a pool of contexts, frames (N, K, H, W, 3) uint8 and actions (N, K), that new
+    episodes start from instead of the world's own starting contexts: moments of real play,
+    so that short dreams (`max_episode_steps`) cover the states the game reaches."""
 
     single_action_space: spaces.Discrete
 
@@ -45,6 +49,7 @@ class WorldModelVectorEnv(VectorEnv):
         render_mode: str | None = None,
         precision: str = "fp32",
         end_on_life_loss: bool = False,
+        starts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if not 1 <= num_envs <= MAX_ENVS:
             raise ValueError(f"num_envs must be in [1, {MAX_ENVS}], got {num_envs}")
@@ -64,6 +69,16 @@ class WorldModelVectorEnv(VectorEnv):
         self.metadata = {"autoreset_mode": mode, "render_modes": ["rgb_array"], "render_fps": 15}
         self.bundle = load_checked(world, frame_size, num_actions, device, end_on_life_loss)
         self.end_on_life_loss = end_on_life_loss
+        self.start_frames, self.start_actions = (
+            (self.bundle.start_frames, self.bundle.start_actions)
+            if starts is None
+            else check_pool(
+                starts,
+                self.bundle.context,
+                self.bundle.frame_size,
+                len(self.bundle.action_meanings),
+            )
+        )
         self.world = World(self.bundle, self.bundle.sampler(sampler, steps), precision)
         self.num_envs, self.max_episode_steps, self.render_mode = (
             num_envs,
@@ -95,8 +110,8 @@ class WorldModelVectorEnv(VectorEnv):
                 self.bundle.frame_size,
                 int(self.single_action_space.n),
             )
-        k = int(rng.integers(len(self.bundle.start_frames)))
-        return self.bundle.start_frames[k], self.bundle.start_actions[k]
+        k = int(rng.integers(len(self.start_frames)))
+        return self.start_frames[k], self.start_actions[k]
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
         if isinstance(seed, (int, np.integer)):
@@ -194,3 +209,26 @@ class WorldModelVectorEnv(VectorEnv):
 
     def render(self):
         return self.world.observation().cpu().numpy() if self.render_mode == "rgb_array" else None
+
+
+def check_pool(
+    starts: tuple[torch.Tensor, torch.Tensor], K: int, size: tuple[int, int], n_actions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a pool of starting contexts: frames (N, K, H, W, 3) uint8, actions (N, K)."""
+    frames, actions = (torch.as_tensor(x) for x in starts)
+    if frames.dtype != torch.uint8 or tuple(frames.shape[1:]) != (K, *size, 3) or not len(frames):
+        raise ValueError(
+            f"starts frames must be (N >= 1, {K}, {size[0]}, {size[1]}, 3) uint8, got "
+            f"{tuple(frames.shape)} {frames.dtype}"
+        )
+    if tuple(actions.shape) != (len(frames), K) or actions.is_floating_point():
+        raise ValueError(
+            f"starts actions must be ({len(frames)}, {K}) integers, got {tuple(actions.shape)} "
+            f"{actions.dtype}"
+        )
+    if int(actions.min()) < 0 or int(actions.max()) >= n_actions:
+        raise ValueError(
+            f"starts actions must lie in [0, {n_actions}), got "
+            f"{int(actions.min())}..{int(actions.max())}"
+        )
+    return frames, actions.to(torch.int64)
