@@ -61,6 +61,52 @@ def test_reset_from_a_real_moment(tiny_world, bricks32):
         env.reset(options={"frames": ep.frames[:K], "actions": np.array([0, 9])})
 
 
+def test_vector_env_starts_new_episodes_from_a_given_pool(tiny_world, bricks32):
+    """`starts=`: new episodes (resets and autoresets) begin at moments of real play."""
+    from worldsim.online import real_contexts
+
+    frames, actions = real_contexts(bricks32, 2, 5, np.random.default_rng(0))
+    venv = WorldModelVectorEnv(3, str(tiny_world), starts=(frames, actions), max_episode_steps=2)
+    lasts = frames[:, -1].numpy()
+    seen = []
+    obs, _ = venv.reset(seed=0)
+    seen += list(obs)
+    for _ in range(4):  # two truncations: each env starts twice more
+        obs, *_ = venv.step(np.zeros(3, int))
+        seen += list(obs)
+    starts = [o for o in seen if any(np.array_equal(o, f) for f in lasts)]
+    assert len(starts) >= 3 * 2
+    with pytest.raises(ValueError, match=r"starts frames must be \(N >= 1, 2, 32, 32, 3\) uint8"):
+        WorldModelVectorEnv(2, str(tiny_world), starts=(frames[:, :1], actions[:, :1]))
+    with pytest.raises(ValueError, match=r"starts actions must lie in \[0, 4\)"):
+        WorldModelVectorEnv(2, str(tiny_world), starts=(frames, actions + 4))
+
+
+def test_real_contexts_are_moments_of_the_episodes(bricks32):
+    """A drawn context is K consecutive frames of one episode with the actions that made
+    them; before the first frame it repeats it with action 0."""
+    from worldsim.online import real_contexts
+
+    K = 3
+    frames, actions = real_contexts(bricks32, K, 200, np.random.default_rng(1))
+    assert frames.shape == (200, K, 32, 32, 3) and actions.shape == (200, K)
+    episodes = [bricks32.load(e) for e in bricks32.entries("train")]
+    padded = 0
+    for f, a in zip(frames.numpy(), actions.numpy(), strict=True):
+        found = False
+        for ep in episodes:
+            for t in np.flatnonzero((ep.frames == f[-1]).all(axis=(1, 2, 3))):
+                idx = np.arange(t - K + 1, t + 1)
+                want_f = ep.frames[np.maximum(idx, 0)]
+                want_a = np.where(idx > 0, ep.actions[np.maximum(idx - 1, 0)], 0)
+                found |= np.array_equal(want_f, f) and np.array_equal(want_a, a)
+            if found:
+                break
+        assert found
+        padded += np.array_equal(f[0], f[-1]) and a[0] == 0
+    assert padded < 200
+
+
 def test_vector_env_is_batched_and_env_i_matches_a_single_env(tiny_world):
     venv = gym.make_vec("worldsim/World-v0", num_envs=3, world=str(tiny_world))
     assert isinstance(venv, WorldModelVectorEnv)

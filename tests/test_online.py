@@ -135,7 +135,7 @@ def _kill_at(out: Path, iteration: int, stage: str, overrides: list[str]) -> Non
 )
 def test_loop_killed_in_a_stage_resumes_without_losing_finished_iterations(tmp_path, stage):
     out = tmp_path / "loop"
-    overrides = [*TINY_LOOP, "baselines=false"]
+    overrides = [*TINY_LOOP, "baselines=none"]
     if stage == "collect":  # long enough to be killed halfway through
         overrides += ["real_steps=3300", "iter_steps=3000"]
     _kill_at(out, 1, stage, overrides)
@@ -188,7 +188,7 @@ def test_loop_from_a_shipped_world_fine_tunes_it(tmp_path, monkeypatch):
         "num_envs=2",
         "eval_episodes=1",
         "eval_max_steps=30",
-        "baselines=false",
+        "baselines=none",
         "precision=fp32",
     ]
     report = loop(load_config("loop", LoopConfig, [*overrides, "out=loop"]))
@@ -206,3 +206,21 @@ def test_loop_from_a_missing_world_fails_before_writing_anything(tmp_path):
             )
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_baselines_alone_run_beside_the_loop_and_join_its_report(tmp_path):
+    """baselines=only needs nothing of the loop: it writes baselines.json, and the loop's
+    report (written then or later) carries them."""
+    out = tmp_path / "loop"
+    overrides = [*TINY_LOOP, f"out={out}"]
+    alone = loop(load_config("loop", LoopConfig, [*overrides, "baselines=only"]))
+    assert not (out / "loop.json").exists()
+    marks = [r["steps"] for r in alone["baselines"]["ppo_real"]]
+    assert marks == sorted({300, 450, 4 * 450, 256 * 2})
+    assert len(alone["baselines"]["random"]["returns"]) == 2
+    # a second run has nothing left to do and keeps the figures
+    again = loop(load_config("loop", LoopConfig, [*overrides, "baselines=only"]))
+    assert again["baselines"] == alone["baselines"]
+    report = loop(load_config("loop", LoopConfig, [*overrides, "baselines=none"]))
+    assert report["baselines"] == alone["baselines"]
+    assert len(report["iterations"]) == 2

@@ -121,9 +121,12 @@ class LoopConfig:
     """Real-game episodes each agent is scored on."""
     eval_max_steps: int = 2000
     """Real-game scoring episodes are cut here."""
-    baselines: bool = True
-    """After the loop: random play, PPO in the real game on the loop's real steps (and 4x),
-    and PPO in the real game for as many steps as the agent took in the worlds."""
+    baselines: Literal["after", "only", "none"] = "after"
+    """Random play, PPO in the real game on the loop's real steps (scored at each
+    iteration's mark, and at 4x), and PPO in the real game for as many steps as the agent
+    takes in the worlds: after = once the loop is done; only = just these, into the loop
+    folder's baselines.json (they need nothing of the loop, so they can run beside it, e.g.
+    on another core, with the same settings); none."""
     seed: int = 0
     """Seeds the play, the worlds' training, the agent and the scoring games."""
     device: str = "cpu"
@@ -213,17 +216,12 @@ class Loop:
                 "dream_steps": 0,
                 "history": [],
                 "current": {},
-                "baselines": {},
             }
             self.save()
 
     # --- folders and state ---------------------------------------------------------------
     def env_cfg(self) -> EnvConfig:
-        if self.cfg.world:  # from world.json alone, without loading the networks
-            from worldsim.sim.world_file import load_source, resolve
-
-            return from_dict(EnvConfig, load_source(resolve(self.cfg.world)).meta["env"])
-        return self.cfg.env
+        return game_of(self.cfg)
 
     @property
     def data(self) -> Path:
@@ -292,8 +290,8 @@ class Loop:
                 self.score(i)
                 print(progress_line(state, total), flush=True)
                 self.write_report()
-        if cfg.baselines and not state["baselines"].get("done"):
-            self.run_baselines()
+        if cfg.baselines == "after":
+            Baselines(cfg).run()
         return self.write_report()
 
     def collect(self, i: int) -> None:
@@ -548,38 +546,100 @@ class Loop:
         state["iteration"], state["stage"], state["current"] = i + 1, "collect", {}
         self.save()
 
-    # --- baselines -----------------------------------------------------------------------
-    def run_baselines(self) -> None:
-        """Random play; PPO in the real game scored at each iteration's real-step mark, at
-        4x the loop's real steps, and at the agent's steps in the worlds."""
+    # --- report --------------------------------------------------------------------------
+    def write_report(self) -> dict:
+        state = self.state
+        report: dict[str, Any] = {
+            "env_id": state["env_id"],
+            "config": json_plain(self.cfg),
+            "real_steps": state["real_steps"],
+            "dream_steps": state["dream_steps"],
+            "eval_episodes": self.cfg.eval_episodes,
+            "iterations": state["history"],
+            "baselines": Baselines(self.cfg).results(),
+        }
+        atomic_write_json(self.root / "report.json", report)
+        if state["history"]:
+            plot(report, self.root / "report.png")
+        return report
+
+
+def game_of(cfg: LoopConfig) -> EnvConfig:
+    """The loop's game: the world's own (from world.json alone, without loading the
+    networks), or `cfg.env`."""
+    if cfg.world:
+        from worldsim.sim.world_file import load_source, resolve
+
+        return from_dict(EnvConfig, load_source(resolve(cfg.world)).meta["env"])
+    return cfg.env
+
+
+class Baselines:
+    """The loop's baselines in the real game, kept in `baselines.json` of the loop folder
+    (written atomically after each; a killed run goes on where it was): random play, and one
+    PPO agent trained in the real game, scored when its real steps pass each mark: each
+    iteration's planned real-step total, 4x the loop's `real_steps`, and the agent's planned
+    steps in the worlds (`agent_steps` x iterations)."""
+
+    def __init__(self, cfg: LoopConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.out).resolve()
+        self.path = self.root / "baselines.json"
+
+    def results(self) -> dict:
+        if not self.path.exists():
+            return {}
+        base = load_json(self.path, LoopError)
+        return {k: v for k, v in base.items() if k not in ("format", "done")}
+
+    def marks(self) -> list[int]:
+        cfg = self.cfg
+        used, marks = cfg.first_steps, set()
+        if used:
+            marks.add(used)
+        while used < cfg.real_steps:
+            used = min(used + cfg.iter_steps, cfg.real_steps)
+            marks.add(used)
+        marks |= {4 * cfg.real_steps, cfg.agent_steps * cfg.iterations()}
+        return sorted(marks)
+
+    def run(self) -> dict:
         from stable_baselines3 import PPO
         from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
-        from worldsim.rl import PPO_ARGS, _policy_for, _sampled, real_env, score
-        from worldsim.sim.world_file import load_world
+        from worldsim.games import make_env
+        from worldsim.rl import PPO_ARGS, RLConfig, _policy_for, _sampled, real_env, score
 
-        state, base = self.state, self.state["baselines"]
-        bundle = load_world(state["history"][-1]["world"])
-        rl_cfg = self.rl_cfg()
-        life = bool(state["history"][-1].get("life_loss"))
-        if "random" not in base:
-            pick = Uniform(len(bundle.action_meanings), np.random.default_rng(self.cfg.seed))
-            base["random"] = _stats(score(lambda obs: pick(), bundle, rl_cfg))
-            self.save()
-        marks = sorted(
-            {h["real_steps"] for h in state["history"] if h["real_steps"] > 0}
-            | {4 * state["real_steps"], state["dream_steps"]}
+        cfg, game = self.cfg, game_of(self.cfg)
+        env = make_env(game)
+        has_lives = "lives" in env.reset(seed=cfg.seed)[1]
+        shape, n_actions = env.observation_space.shape, int(env.action_space.n)  # type: ignore[attr-defined]
+        env.close()
+        life = cfg.life_loss == "on" or (cfg.life_loss == "auto" and has_lives)
+        self.root.mkdir(parents=True, exist_ok=True)
+        base = load_json(self.path, LoopError) if self.path.exists() else {}
+        base["format"] = FORMAT_VERSION
+        rl_cfg = RLConfig(
+            frame_stack=cfg.frame_stack,
+            eval_episodes=cfg.eval_episodes,
+            eval_max_steps=cfg.eval_max_steps,
+            seed=cfg.seed,
+            device=cfg.device,
         )
-        marks = [m for m in marks if m > 0]
+        if "random" not in base:
+            pick = Uniform(n_actions, np.random.default_rng(cfg.seed))
+            base["random"] = _stats(score(lambda obs: pick(), game, rl_cfg))
+            atomic_write_json(self.path, base)
+            print(f"baseline: random play: {_fmt(base['random'])}", flush=True)
         done = {r["steps"] for r in base.get("ppo_real", [])}
         path = self.root / "agents" / "ppo_real.zip"
-        envs = VecFrameStack(DummyVecEnv([lambda: real_env(bundle, life)] * 8), rl_cfg.frame_stack)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        envs = VecFrameStack(DummyVecEnv([lambda: real_env(game, life)] * 8), cfg.frame_stack)
         if path.exists():
-            agent = PPO.load(path, env=envs, device=self.cfg.device)
+            agent = PPO.load(path, env=envs, device=cfg.device)
         else:
-            policy = _policy_for(bundle.frame_size)
-            agent = PPO(policy, envs, seed=self.cfg.seed, device=self.cfg.device, **PPO_ARGS)
-        for mark in marks:
+            agent = PPO(_policy_for(shape), envs, seed=cfg.seed, device=cfg.device, **PPO_ARGS)
+        for mark in self.marks():
             if mark in done:
                 continue
             if mark > agent.num_timesteps:
@@ -593,29 +653,13 @@ class Loop:
             agent.save(tmp)
             tmp.replace(path)
             row = {"steps": mark, "trained_steps": int(agent.num_timesteps)}
-            row.update(_stats(score(_sampled(agent), bundle, rl_cfg)))
+            row.update(_stats(score(_sampled(agent), game, rl_cfg)))
             base.setdefault("ppo_real", []).append(row)
-            self.save()
+            atomic_write_json(self.path, base)
             print(f"baseline: PPO in the real game, {mark:,} steps: {_fmt(row)}", flush=True)
         base["done"] = True
-        self.save()
-
-    # --- report --------------------------------------------------------------------------
-    def write_report(self) -> dict:
-        state = self.state
-        report: dict[str, Any] = {
-            "env_id": state["env_id"],
-            "config": json_plain(self.cfg),
-            "real_steps": state["real_steps"],
-            "dream_steps": state["dream_steps"],
-            "eval_episodes": self.cfg.eval_episodes,
-            "iterations": state["history"],
-            "baselines": {k: v for k, v in state["baselines"].items() if k != "done"},
-        }
-        atomic_write_json(self.root / "report.json", report)
-        if state["history"]:
-            plot(report, self.root / "report.png")
-        return report
+        atomic_write_json(self.path, base)
+        return base
 
 
 class AgentActor:
@@ -820,6 +864,18 @@ def loop(cfg: LoopConfig) -> dict:
             "worldsim loop needs stable-baselines3: pip install 'worldsim[rl]'"
         ) from None
     t0 = time.monotonic()
+    if cfg.baselines == "only":
+        game_of(cfg)  # a missing world fails here, before any folder is made
+        Baselines(cfg).run()
+        loop_json = Path(cfg.out) / "loop.json"
+        report = (
+            Loop(dataclasses.replace(cfg, resume=True)).write_report()
+            if loop_json.exists()
+            else {"baselines": Baselines(cfg).results()}
+        )
+        minutes = (time.monotonic() - t0) / 60
+        print(f"baselines finished in {minutes:.1f} min; {cfg.out}/baselines.json")
+        return report
     report = Loop(cfg).run()
     print(f"loop finished in {(time.monotonic() - t0) / 60:.1f} min; {cfg.out}/report.json")
     return report

@@ -99,13 +99,15 @@ def _policy_for(shape) -> str:
     return "CnnPolicy" if min(shape[:2]) >= 36 else "MlpPolicy"
 
 
-def real_env(bundle, end_on_life_loss: bool = False):
-    """The world's source game (with `end_on_life_loss`, wrapped in EndOnLifeLoss)."""
+def real_env(game, end_on_life_loss: bool = False):
+    """A world's source game (`game`: the world, or an EnvConfig), with `end_on_life_loss`
+    wrapped in EndOnLifeLoss."""
     from worldsim.config import from_dict
     from worldsim.games import EnvConfig, make_env
     from worldsim.sim.wrappers import EndOnLifeLoss
 
-    env = make_env(from_dict(EnvConfig, bundle.meta["env"]))
+    cfg = game if isinstance(game, EnvConfig) else from_dict(EnvConfig, game.meta["env"])
+    env = make_env(cfg)
     return EndOnLifeLoss(env) if end_on_life_loss else env
 
 
@@ -227,13 +229,14 @@ def train_in_real_game(bundle, cfg: RLConfig, life: bool, steps: int, policy: st
     return agent
 
 
-def score(act, bundle, cfg: RLConfig, frames: list | None = None) -> list[float]:
-    """Returns of `act(stacked frames) -> action` over eval_episodes real-game episodes; the
+def score(act, game, cfg: RLConfig, frames: list | None = None) -> list[float]:
+    """Returns of `act(stacked frames) -> action` over eval_episodes episodes of `game` (a
+    world's source game, or an EnvConfig: see `real_env`); the
     frames are stacked as SB3's VecFrameStack stacks them in training (its
     StackedObservations). With `frames`, the first episode's frames are appended to it."""
     from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
-    env, returns = real_env(bundle), []
+    env, returns = real_env(game), []
     stack = StackedObservations(1, cfg.frame_stack, env.observation_space)
     not_done = np.zeros(1, bool)  # an episode's end is seen by this loop, not by the stack
     for i in range(cfg.eval_episodes):
