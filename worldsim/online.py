@@ -9,14 +9,17 @@ DreamerV3 do instead. Each iteration:
    instead, or nothing when a world is given to start from);
 2. **world**: fine-tunes the world (denoiser and reward/end model) on all the data so far,
    from the previous iteration's weights, and bundles it;
-3. **agent**: trains the same PPO agent further inside the new world, batched;
+3. **agent**: trains the same PPO agent further inside the new world, batched, in short
+   dreams (`max_episode_steps`) that start at moments drawn from the loop's real play, as
+   DIAMOND and IRIS do, so that a world's errors have few steps to compound;
 4. **score**: plays the agent in the real game (`eval_episodes`; these steps are reported
    but not counted against `real_steps`, as in the papers above).
 
 Then the baselines, on the same real-step axis: random play, PPO trained directly in the
 real game on as many real steps as the loop used (scored at each iteration's mark and at
 4x the budget), and PPO trained in the real game for as many steps as the agent took in
-the worlds (what a perfect world would give). Every stage ends with `loop.json` written
+the worlds (what a perfect world would give), kept in `baselines.json`; `baselines=only`
+runs just these, beside a running loop if a core is free. Every stage ends with `loop.json` written
 atomically, so a run killed anywhere goes on with `resume=true` from the stage it was in:
 the finished iterations' data, worlds and agents are kept as they were.
 
