@@ -155,6 +155,22 @@ def test_unwritable_recording_folder_is_one_message_and_play_goes_on(tiny_world,
     assert result["frames"] == 5 and result["message"].startswith("recording not saved")
 
 
+def recording_session(world, out) -> PlaySession:
+    """10 frames of random play in `world`, headless and as fast as it goes, recorded."""
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    return PlaySession(
+        PlayConfig(
+            world=str(world),
+            headless=True,
+            policy="random",
+            frames=10,
+            fps=0,
+            record=True,
+            out=str(out),
+        )
+    )
+
+
 @pytest.mark.parametrize("command", ["reset", "real"])
 def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp_path, command):
     # R (reset) or G (the real game beside the dream, which restarts from its frames) at the
@@ -162,17 +178,7 @@ def test_a_restart_while_recording_starts_a_new_recorded_episode(tiny_world, tmp
     # recorded action produced the frame after it (no cut inside an episode), and every step
     # played is in exactly one saved episode
     os.environ["SDL_VIDEODRIVER"] = "dummy"
-    s = PlaySession(
-        PlayConfig(
-            world=str(tiny_world),
-            headless=True,
-            policy="random",
-            frames=10,
-            fps=0,
-            record=True,
-            out=str(tmp_path),
-        )
-    )
+    s = recording_session(tiny_world, tmp_path)
     press = key(pygame.KEYDOWN, pygame.K_r if command == "reset" else pygame.K_g)
     events = iter([[]] * 4 + [[press]] + [[]] * 5)
     assert s.run(lambda: next(events))["frames"] == 10
@@ -191,17 +197,7 @@ def test_play_goes_on_while_a_recording_is_written(tiny_world, tmp_path):
     import threading
 
     os.environ["SDL_VIDEODRIVER"] = "dummy"
-    s = PlaySession(
-        PlayConfig(
-            world=str(tiny_world),
-            headless=True,
-            policy="random",
-            frames=10,
-            fps=0,
-            record=True,
-            out=str(tmp_path),
-        )
-    )
+    s = recording_session(tiny_world, tmp_path)
     release, written, write = threading.Event(), [], s.recorder.write
 
     def held_write(ep, source, threads=None):
