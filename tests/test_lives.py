@@ -105,6 +105,28 @@ def test_a_world_refitted_with_lives_keeps_its_student_and_knows_lives(
         assert torch.equal(a, b), name
 
 
+def test_a_world_from_play_that_never_lost_a_life_does_not_claim_lives(
+    bricks32, tiny_world, tmp_path
+):
+    """A game that reports lives but never loses one in the data (Pong reports 0 throughout)
+    gives nothing to learn lost lives from: training episodes must not end at them."""
+    data = tmp_path / "data"
+    shutil.copytree(bricks32.root, data)
+    ds = Dataset.open(data)
+    assert ds.lives
+    for e in ds.entries():
+        ep = ds.load(e)
+        ep.life_lost[:] = False
+        save_episode(data / e["file"], ep)
+    cfg = [f"data={data}", f"out={tmp_path / 'r'}", *TINY_TRAIN, f"init={tiny_world}"]
+    trainer = Trainer(load_config("train", TrainConfig, [*cfg, "reward_only=true", "steps=1"]))
+    trainer.fit()
+    out = bundle(BundleConfig(run=str(trainer.run), out=str(tmp_path / "w"), starts=2))
+    assert not knows_lives(out)
+    with pytest.raises(ValueError, match="needs a world that predicts lost lives"):
+        WorldModelVectorEnv(2, str(out), end_on_life_loss=True)
+
+
 def test_init_from_a_world_of_another_denoiser_is_refused(bricks32, tmp_path):
     cfg = load_config(
         "train",

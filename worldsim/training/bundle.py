@@ -17,7 +17,7 @@ import torch
 
 from worldsim import files
 from worldsim.config import from_dict
-from worldsim.data.store import Dataset
+from worldsim.data.store import Dataset, load_fields
 from worldsim.models.world_model import ModelConfig, WorldModel
 from worldsim.sim import world_file
 from worldsim.training.calibration import calibrate
@@ -69,7 +69,7 @@ def bundle(cfg: BundleConfig) -> Path:
         "model": state["model"],
         "keys_to_action": _keymap(state["env_id"]),
         "thresholds": thresholds,
-        "lives": bool(state.get("lives")) and model_cfg.reward.life_head,
+        "lives": bool(state.get("lives")) and model_cfg.reward.life_head and _loses_lives(ds),
         "env": {
             **state["config"].get("env", {}),
             "id": state["env_id"],
@@ -164,6 +164,16 @@ def _starts(ds: Dataset, K: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{ds.root}: no training episodes to take starting contexts from")
     first = np.stack([ds.load(e).frames[0] for e in entries])
     return torch.from_numpy(first), torch.zeros(len(entries), K, dtype=torch.int64)
+
+
+def _loses_lives(ds: Dataset) -> bool:
+    """Whether the training play lost a life at least once: a game that reports lives but
+    never loses one there (Pong reports 0 throughout) gives a world nothing to learn them
+    from, so its world does not claim to predict them."""
+    return any(
+        load_fields(ds.root / e["file"], ("life_lost",))["life_lost"].any()
+        for e in ds.entries("train")
+    )
 
 
 def _keymap(env_id: str) -> list[list]:
