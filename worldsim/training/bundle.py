@@ -67,7 +67,7 @@ def bundle(cfg: BundleConfig) -> Path:
         "frame_size": state["frame_size"],
         "reward_values": state["reward_values"],
         "model": state["model"],
-        "keys_to_action": _keymap(state["env_id"]),
+        "keys_to_action": _keymap({**state["config"].get("env", {}), "id": state["env_id"]}),
         "thresholds": thresholds,
         "lives": bool(state.get("lives")) and model_cfg.reward.life_head and _loses_lives(ds),
         "env": {
@@ -176,13 +176,16 @@ def _loses_lives(ds: Dataset) -> bool:
     )
 
 
-def _keymap(env_id: str) -> list[list]:
-    """The source game's key map as JSON: [[key codes...], action] pairs ([] if it has none)."""
-    import gymnasium as gym
+def _keymap(env: dict) -> list[list]:
+    """The source game's key map as JSON: [[key codes...], action] pairs ([] if it has none).
+    `env`: the run's EnvConfig, as JSON."""
+    from worldsim.games import EnvConfig, make_env
 
     try:
-        env = gym.make(env_id).unwrapped
-        keys = env.get_keys_to_action() if hasattr(env, "get_keys_to_action") else {}
+        game = make_env(from_dict(EnvConfig, env))
+        unwrapped = game.unwrapped
+        keys = unwrapped.get_keys_to_action() if hasattr(unwrapped, "get_keys_to_action") else {}
+        game.close()
     except Exception:  # a game we cannot make here (e.g. Atari without ale-py) has no key map
         return []
     return [[list(k), int(a)] for k, a in keys.items()]
