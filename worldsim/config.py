@@ -94,6 +94,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+def to_json(cfg) -> dict[str, Any]:
+    """A config as plain JSON data (tuples become lists), as it reads back from disk:
+    `from_dict(type(cfg), to_json(cfg)) == cfg`."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def load_config(name: str, cls: type[T], overrides: list[str]) -> T:
     """Compose `configs/<name>.yaml` with hydra `overrides` into a `cls` instance.
 

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from worldsim.config import from_dict
+from worldsim.config import from_dict, to_json
 from worldsim.files import FORMAT_VERSION, atomic_write_json, load_json
 from worldsim.games import EnvConfig
 from worldsim.models.world_model import ModelConfig
@@ -554,7 +554,7 @@ class Loop:
         state = self.state
         report: dict[str, Any] = {
             "env_id": state["env_id"],
-            "config": json_plain(self.cfg),
+            "config": to_json(self.cfg),
             "real_steps": state["real_steps"],
             "dream_steps": state["dream_steps"],
             "eval_episodes": self.cfg.eval_episodes,
@@ -798,12 +798,6 @@ def _stats(returns: list[float]) -> dict:
 
 def _fmt(row: dict) -> str:
     return f"{row['mean']:.2f} ± {row['sem']:.2f} (s.e.)"
-
-
-def json_plain(cfg) -> dict:
-    import json
-
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def progress_line(state: dict, total: int) -> str:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from worldsim import files
+from worldsim.config import to_json
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.files import atomic_write
@@ -206,9 +207,9 @@ class Trainer:
             "action_meanings": self.ds.action_meanings,
             "frame_size": list(self.ds.frame_size),
             "reward_values": reward_values,
-            "model": _plain(self.model_cfg),
+            "model": to_json(self.model_cfg),
             "lives": self.ds.lives,
-            "config": _plain(_absolute_paths(cfg)),
+            "config": to_json(_absolute_paths(cfg)),
         }
         self._start_or_resume()
         self.ddp = self.model
@@ -582,11 +583,6 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, k, "")
     }
     return replace(cfg, **paths)
-
-
-def _plain(cfg) -> dict:
-    """A config as plain JSON data (tuples become lists), as it reads back from disk."""
-    return json.loads(json.dumps(asdict(cfg)))
 
 
 def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> None:
