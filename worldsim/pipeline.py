@@ -154,6 +154,7 @@ def _check_game(root: Path, env: EnvConfig) -> None:
 def pipeline(cfg: PipelineConfig) -> Path:
     from worldsim.data.collect import CollectConfig, collect
     from worldsim.evaluation.evaluate import EvalConfig, evaluate, summary
+    from worldsim.models.samplers import SamplerConfig
     from worldsim.training.bundle import BundleConfig, bundle
     from worldsim.training.distill import DistillConfig, distill
     from worldsim.training.train import TrainConfig, train
@@ -235,6 +236,9 @@ def pipeline(cfg: PipelineConfig) -> Path:
                         starts=p.eval_starts,
                         horizon=p.eval_horizon,
                         rules_steps=p.eval_long_play,
+                        # the world as it plays, and the teacher's cheapest sampler beside it;
+                        # `worldsim eval` scores the others when asked
+                        samplers=(SamplerConfig("onestep", 1), SamplerConfig("euler", 1)),
                         seed=cfg.seed,
                         device=cfg.device,
                     )
