@@ -119,6 +119,54 @@ def test_denoiser_loss_falls_when_overfitting_a_tiny_batch():
     assert after < 0.6 * before
 
 
+def _motion_case(weight):
+    """A denoiser and a batch where only a 4x4 patch moves from the last context frame."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    D = Denoiser(dataclasses.replace(TINY, motion_weight=weight), num_actions=3)
+    obs = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    x0 = obs[:, -1].clone()
+    x0[:, :, 4:8, 4:8] = -x0[:, :, 4:8, 4:8]
+    return D, x0, obs, torch.randint(0, 3, (2, 2))
+
+
+def test_motion_weight_zero_is_the_plain_loss_and_weighting_shifts_it_to_the_moving_pixels(
+    monkeypatch,
+):
+    import worldsim.models.loss as loss_mod
+
+    def loss(weight):
+        D, x0, obs, act = _motion_case(weight)
+        with torch.no_grad():
+            return loss_mod.denoising_loss(D, x0, obs, act, torch.Generator().manual_seed(3))
+
+    # Same network and noise for every weight: record the plain loss's per-pixel errors,
+    # then check the weighted loss against the weighted mean written out by hand.
+    plain_mse, errs = torch.nn.functional.mse_loss, []
+
+    def recording_mse(F_y, target):
+        errs.append((F_y - target).square())
+        return plain_mse(F_y, target)
+
+    monkeypatch.setattr(loss_mod.F, "mse_loss", recording_mse)
+    plain = loss(0.0).item()
+    monkeypatch.undo()
+    mask = torch.zeros_like(errs[0][:, :1])
+    mask[:, :, 4:8, 4:8] = 1
+    w = 1 + 10 * mask
+    assert plain == pytest.approx(errs[0].mean().item())
+    assert loss(10.0).item() == pytest.approx(((errs[0] * w).mean() / w.mean()).item(), rel=1e-5)
+    moving_mean = (errs[0] * mask).sum().item() / (mask.sum().item() * 3)
+    assert abs(loss(1000.0).item() - moving_mean) < 0.1 * abs(plain - moving_mean)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_motion_weight_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="motion_weight"):
+        DenoiserConfig(motion_weight=bad)
+
+
 def test_group_norm_keeps_bf16_channels_last_and_matches_fp32():
     from worldsim.models.unet import GroupNorm
 

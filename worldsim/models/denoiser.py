@@ -39,6 +39,11 @@ class DenoiserConfig:
     contract D(x, sigma) -> x0 is unchanged). Sharper static pixels one step ahead, but any
     bias in the change accumulates over autoregressive rollouts (BENCHMARKS.md, "Residual or
     not"), so it is off by default."""
+    motion_weight: float = 0.0
+    """Extra training-loss weight on the pixels that change from the last context frame:
+    they weigh 1 + motion_weight, the still ones 1 (the loss is then divided by the batch's
+    mean weight). In Bricks the ball and paddle are ~1% of the frame, so under the plain
+    loss the still 99% decide what the network learns first."""
 
     def __post_init__(self):
         if not 1 <= self.context <= 64:
@@ -51,6 +56,11 @@ class DenoiserConfig:
             raise ValueError(
                 f"model.denoiser.P_mean must be finite and ctx_noise_max in [0, 100), "
                 f"got {self.P_mean}, {self.ctx_noise_max}"
+            )
+        if not (math.isfinite(self.motion_weight) and self.motion_weight >= 0):
+            raise ValueError(
+                f"model.denoiser.motion_weight must be a finite number >= 0, "
+                f"got {self.motion_weight}"
             )
         if not 0 <= self.ctx_noise_p <= 1:
             raise ValueError(

@@ -27,6 +27,7 @@ def denoising_loss(
     """
     cfg, B, dev = D.cfg, x0.shape[0], x0.device
     rnd = lambda *shape: torch.randn(*shape, generator=generator, device=dev)  # noqa: E731
+    moving = (x0 - obs[:, -1]).abs().amax(dim=1, keepdim=True) > 1e-3 if cfg.motion_weight else None
     sigma = (cfg.P_mean + cfg.P_std * rnd(B)).exp()
     noisy_ctx = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_p
     sigma_ctx = torch.rand(B, generator=generator, device=dev) * cfg.ctx_noise_max * noisy_ctx
@@ -35,7 +36,10 @@ def denoising_loss(
     y = y0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
     F_y, s = D.raw(y, sigma, obs, act, sigma_ctx)
     target = (y0 - s.c_skip.view(B, 1, 1, 1) * y) / s.c_out.view(B, 1, 1, 1)
-    return F.mse_loss(F_y, target)
+    if moving is None:
+        return F.mse_loss(F_y, target)
+    weight = 1 + cfg.motion_weight * moving.float()
+    return ((F_y.float() - target.float()).square() * weight).mean() / weight.mean()
 
 
 def reward_loss(
