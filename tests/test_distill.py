@@ -15,6 +15,7 @@ from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.training.distill import (
     DistillConfig,
     Distiller,
+    distance_of,
     distillation_loss,
     pseudo_huber,
     rollout_loss,
@@ -154,6 +155,30 @@ def test_pseudo_huber_is_l2_like_far_and_quadratic_near():
     near = pseudo_huber(torch.full((1, 100), 1e-5))
     c = 0.00054 * 10
     assert torch.isclose(near, torch.tensor([100 * 1e-10 / (2 * c)]), rtol=1e-2)
+
+
+def test_motion_weights_weigh_the_students_distance_per_pixel():
+    from worldsim.models.loss import motion_weights
+
+    last = torch.zeros(2, 3, 4, 4)
+    x0 = last.clone()
+    x0[:, :, 1, 2] = 0.5  # one moving pixel per frame
+    diff = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert motion_weights(x0, last, 0.0) is None
+    w = motion_weights(x0, last, 15.0)
+    assert w is not None and w.mean().item() == pytest.approx(1.0)
+    assert w[0, 0, 1, 2].item() == pytest.approx(16 * w[0, 0, 0, 0].item())
+    by_hand = (diff.square() * w).flatten(1).mean(1)
+    assert torch.allclose(distance_of(diff, "l2", w), by_hand)
+    assert torch.allclose(distance_of(diff, "l2", torch.ones_like(w)), distance_of(diff, "l2"))
+    near, far = distance_of(diff, "pseudo_huber"), distance_of(diff, "pseudo_huber", w)
+    assert not torch.allclose(near, far)  # the weight reaches the pseudo-Huber distance too
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan")])
+def test_distill_refuses_a_bad_motion_weight(bad):
+    with pytest.raises(ValueError, match="motion_weight"):
+        DistillConfig(motion_weight=bad)
 
 
 def test_distill_command_trains_checkpoints_and_resumes(small_run, tmp_path):

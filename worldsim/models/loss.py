@@ -27,7 +27,7 @@ def denoising_loss(
     """
     cfg, B, dev = D.cfg, x0.shape[0], x0.device
     rnd = lambda *shape: torch.randn(*shape, generator=generator, device=dev)  # noqa: E731
-    moving = (x0 - obs[:, -1]).abs().amax(dim=1, keepdim=True) > 1e-3 if cfg.motion_weight else None
+    weight = motion_weights(x0, obs[:, -1], cfg.motion_weight)  # from the clean context
     sigma = (cfg.P_mean + cfg.P_std * rnd(B)).exp()
     noisy_ctx = torch.rand(B, generator=generator, device=dev) < cfg.ctx_noise_p
     sigma_ctx = torch.rand(B, generator=generator, device=dev) * cfg.ctx_noise_max * noisy_ctx
@@ -36,10 +36,26 @@ def denoising_loss(
     y = y0 + sigma.view(B, 1, 1, 1) * rnd(*x0.shape)
     F_y, s = D.raw(y, sigma, obs, act, sigma_ctx)
     target = (y0 - s.c_skip.view(B, 1, 1, 1) * y) / s.c_out.view(B, 1, 1, 1)
-    if moving is None:
+    if weight is None:
         return F.mse_loss(F_y, target)
-    weight = 1 + cfg.motion_weight * moving.float()
-    return ((F_y.float() - target.float()).square() * weight).mean() / weight.mean()
+    return ((F_y.float() - target.float()).square() * weight).mean()
+
+
+def motion_weights(x0, last, motion_weight: float) -> torch.Tensor | None:
+    """Per-pixel loss weights (B, 1, H, W): 1 + motion_weight where the frame x0 differs from
+    the context's `last` frame, 1 elsewhere, scaled so that their mean over the batch is 1
+    (the loss keeps its size); None when motion_weight is 0 (the plain loss).
+
+    >>> last = torch.zeros(1, 3, 2, 2)
+    >>> x0 = last.clone(); x0[0, 0, 0, 0] = 1
+    >>> motion_weights(x0, last, 1.0).flatten().double().round(decimals=3).tolist()
+    [1.6, 0.8, 0.8, 0.8]
+    """
+    if not motion_weight:
+        return None
+    moving = (x0 - last).abs().amax(dim=1, keepdim=True) > 1e-3
+    weight = 1 + motion_weight * moving.float()
+    return weight / weight.mean()
 
 
 def reward_loss(

@@ -34,6 +34,7 @@ import torch
 from worldsim import files
 from worldsim.data.store import DataError, Dataset
 from worldsim.models.denoiser import Denoiser
+from worldsim.models.loss import motion_weights
 from worldsim.models.prepare import prepare
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, ode_step, onestep, sample
 from worldsim.models.world_model import WorldModel, to_uint8, to_unit
@@ -85,6 +86,9 @@ class DistillConfig(RunConfig):
     """Largest noise level: the one-step sampler starts here."""
     rho: float = 7.0
     """Karras schedule curvature."""
+    motion_weight: float | None = None
+    """Extra weight of the pixels that change from the last context frame in the student's
+    loss, as `model.denoiser.motion_weight` weighs the teacher's; empty = the teacher's own."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,6 +98,9 @@ class DistillConfig(RunConfig):
             raise ValueError(f"unroll must be >= 0, got {self.unroll}")
         if self.solve_steps < 1:
             raise ValueError(f"solve_steps must be >= 1, got {self.solve_steps}")
+        mw = self.motion_weight
+        if mw is not None and not (math.isfinite(mw) and mw >= 0):
+            raise ValueError(f"motion_weight must be empty or a finite number >= 0, got {mw}")
         if not 2 <= self.n_start <= self.n_end:
             raise ValueError(f"need 2 <= n_start <= n_end, got {self.n_start}, {self.n_end}")
 
@@ -114,8 +121,13 @@ def pseudo_huber(diff: torch.Tensor) -> torch.Tensor:
     return (diff.flatten(1).pow(2).sum(1) + c**2).sqrt() - c
 
 
-def distance_of(diff: torch.Tensor, distance: str) -> torch.Tensor:
-    """Per-sample pseudo-Huber or mean squared distance."""
+def distance_of(
+    diff: torch.Tensor, distance: str, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample pseudo-Huber or mean squared distance; `weight` (B, 1, H, W) weighs each
+    pixel's squared difference (`loss.motion_weights`)."""
+    if weight is not None:
+        diff = diff * weight.sqrt()
     return pseudo_huber(diff) if distance == "pseudo_huber" else diff.flatten(1).pow(2).mean(1)
 
 
@@ -128,6 +140,7 @@ def distillation_loss(
     generator,
     solver: str = "heun",
     distance: str = "pseudo_huber",
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Consistency distillation loss for clean samples x0 on the discretisation `sigmas`
     (descending): d(f(x_t, t), f^-(x_r, r)) / (t - r), with x_r one teacher step from x_t.
@@ -142,7 +155,7 @@ def distillation_loss(
         x_r = ode_step(teacher, x_t, t, r, heun=solver == "heun")
         f_r = target(x_r, r)
     diff = student(x_t, t) - f_r
-    return (distance_of(diff, distance) / (t - r)).mean()
+    return (distance_of(diff, distance, weight) / (t - r)).mean()
 
 
 def solve_loss(
@@ -153,6 +166,7 @@ def solve_loss(
     generator,
     distance: str = "pseudo_huber",
     level: float | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d(f(x, s), the teacher's ODE solution from (x, s)) with the teacher's solver `sampler`.
     By default s = sigma_max and x = sigma_max z for fresh unit noise z, as the one-step
@@ -165,7 +179,7 @@ def solve_loss(
     with torch.no_grad():
         target = sample(teacher, z, sampler).clamp(-1, 1).float()
     diff = onestep(student, z, sampler.sigma_max).float() - target
-    return distance_of(diff, distance).mean()
+    return distance_of(diff, distance, weight).mean()
 
 
 def rollout_loss(
@@ -178,12 +192,14 @@ def rollout_loss(
     generator,
     distance: str = "pseudo_huber",
     level: float | None = None,
+    motion_weight: float = 0.0,
 ) -> torch.Tensor:
     """d(f(x, s | context the student drew), the real frame). `student(x, s, ctx, act)`;
-    frames (B, K+unroll+1, 3, H, W) in [-1, 1]; act (B, K+unroll) with act[:, i] the action
-    taken at frame i. The student draws `unroll` frames one step at a time from the K real
-    ones (no gradient; rounded to uint8 as a world's frames are), then its next frame from
-    that context is compared with the real one. x and s as in `solve_loss`."""
+        frames (B, K+unroll+1, 3, H, W) in [-1, 1]; act (B, K+unroll) with act[:, i] the action
+        taken at frame i. The student draws `unroll` frames one step at a time from the K real
+        ones (no gradient; rounded to uint8 as a world's frames are), then its next frame from
+        that context is compared with the real one. x and s as in `solve_loss`; `motion_weight`
+    weighs the pixels where the real frame differs from the real frame before it."""
     ctx, dev = frames[:, :K], frames.device
     with torch.no_grad():
         for t in range(unroll):
@@ -201,7 +217,8 @@ def rollout_loss(
         z = x0 / level + z
     a = act[:, unroll : unroll + K]
     diff = onestep(lambda x, s: student(x, s, ctx, a), z, sampler.sigma_max).float() - x0
-    return distance_of(diff, distance).mean()
+    weight = motion_weights(x0, frames[:, K + unroll - 1], motion_weight)
+    return distance_of(diff, distance, weight).mean()
 
 
 def multistep_levels(cfg: DistillConfig, steps=(2, 3, 4)) -> list[float]:
@@ -243,6 +260,8 @@ class Distiller(Trainer):
         }
         self.meta["reward_values"] = self.source.meta["reward_values"]
         self.levels = multistep_levels(self.cfg)  # where solve/rollout train the multistep sampler
+        mw = cfg.motion_weight
+        self.motion_weight = self.model_cfg.denoiser.motion_weight if mw is None else mw
 
     def horizon(self) -> int:
         """target=rollout trains on segments of unroll + 1 target frames."""
@@ -287,10 +306,12 @@ class Distiller(Trainer):
                 gen,
                 cfg.distance,
                 level,
+                self.motion_weight,
             )
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
         frames = to_unit(batch.obs[:, : K + 1].to(dev))
         ctx, x0, act = frames[:, :K], frames[:, K], batch.act[:, :K].to(dev)
+        weight = motion_weights(x0, ctx[:, -1], self.motion_weight)
         if cfg.target == "solve":
             solver = SamplerConfig("euler", cfg.solve_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
             loss = solve_loss(
@@ -301,6 +322,7 @@ class Distiller(Trainer):
                 gen,
                 cfg.distance,
                 level,
+                weight,
             )
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
         target_net = self.model if model is self.ddp else model  # no gradient through the target
@@ -316,6 +338,7 @@ class Distiller(Trainer):
             gen,
             cfg.solver,
             cfg.distance,
+            weight,
         )
         return loss, {"loss": loss.item(), "reward_loss": 0.0}
 
