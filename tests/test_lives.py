@@ -144,6 +144,22 @@ def test_init_from_a_world_of_another_denoiser_is_refused(bricks32, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_fine_tune_may_weigh_the_moving_pixels_differently_from_its_init(
+    bricks32, tiny_world, tmp_path
+):
+    out = tmp_path / "r"
+    cfg = [f"data={bricks32.root}", f"out={out}", *TINY_TRAIN, f"init={tiny_world}"]
+    weighted = [*cfg, "model.denoiser.motion_weight=3", "steps=1"]
+    trainer = Trainer(load_config("train", TrainConfig, weighted))
+    assert trainer.model_cfg.denoiser.motion_weight == 3
+    with pytest.raises(files.CheckpointError, match="denoiser config differs"):
+        Trainer(
+            load_config(
+                "train", TrainConfig, [*cfg, f"out={tmp_path / 'q'}", "model.denoiser.context=3"]
+            )
+        )
+
+
 @pytest.fixture(scope="module")
 def lossy_world(tiny_world, tmp_path_factory):
     """The tiny world with its end model set to 'never' and its lost-life output to 'always'."""

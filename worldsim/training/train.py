@@ -587,10 +587,14 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> None:
     """Load `model`'s denoiser from a world or run folder, and its reward/end model when its
-    config and reward values match; a denoiser of another config is refused."""
+    config and reward values match; a denoiser of another config is refused (the loss's
+    `motion_weight` aside: it changes how the run trains, not what the weights mean)."""
     src = world_file.load_source(path)
     other = src.model_cfg
-    if other.denoiser != model.cfg.denoiser:
+    if (
+        replace(other.denoiser, motion_weight=model.cfg.denoiser.motion_weight)
+        != model.cfg.denoiser
+    ):
         raise files.CheckpointError(
             f"{path}: its denoiser config differs from this run's model config ({other.denoiser})"
         )
