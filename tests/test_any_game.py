@@ -15,6 +15,13 @@ from worldsim.games import EnvConfig
 from worldsim.training.train import TrainConfig, Trainer, train
 
 
+def tiny_config(data, out, *overrides) -> TrainConfig:
+    """The tiny world model's training config over `data`, written to `out`."""
+    return load_config(
+        "train", TrainConfig, [f"data={data}", f"out={out}", *TINY_TRAIN, *overrides]
+    )
+
+
 def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) -> Dataset:
     """A synthetic game: a white dot that actions 1-4 move (left, right, up, down) and action
     0 leaves. With `end_frame`, each episode's last frame is red: an end, rare (1 in
@@ -123,18 +130,8 @@ def test_a_run_folder_works_from_another_directory(bricks32, tmp_path, monkeypat
 
 def test_ema_ramps_up_so_a_short_run_keeps_what_it_learned(bricks32, tmp_path):
     trainer = Trainer(
-        load_config(
-            "train",
-            TrainConfig,
-            [
-                f"data={bricks32.root}",
-                f"out={tmp_path / 'r'}",
-                *TINY_TRAIN,
-                "ema=0.999",
-                "steps=30",
-                "batch_size=4",
-                "optim.lr=3e-3",
-            ],
+        tiny_config(
+            bricks32.root, tmp_path / "r", "ema=0.999", "steps=30", "batch_size=4", "optim.lr=3e-3"
         )
     )
     # EDM's ramp-up: the half-life is at most 5% of the steps so far, and the decay set in
@@ -154,18 +151,13 @@ def test_ema_ramps_up_so_a_short_run_keeps_what_it_learned(bricks32, tmp_path):
 
 def test_warmup_and_progress_total_follow_a_time_budget(bricks32, tmp_path):
     trainer = Trainer(
-        load_config(
-            "train",
-            TrainConfig,
-            [
-                f"data={bricks32.root}",
-                f"out={tmp_path / 'r'}",
-                *TINY_TRAIN,
-                "steps=100000",
-                "minutes=10",
-                "optim.warmup=200",
-                "optim.lr=1e-3",
-            ],
+        tiny_config(
+            bricks32.root,
+            tmp_path / "r",
+            "steps=100000",
+            "minutes=10",
+            "optim.warmup=200",
+            "optim.lr=1e-3",
         )
     )
     assert trainer.planned_steps() == 100_000  # nothing measured yet
@@ -179,19 +171,7 @@ def test_warmup_and_progress_total_follow_a_time_budget(bricks32, tmp_path):
 
 
 def test_a_short_time_budget_says_how_far_it_got(bricks32, tmp_path, capsys):
-    train(
-        load_config(
-            "train",
-            TrainConfig,
-            [
-                f"data={bricks32.root}",
-                f"out={tmp_path / 'r'}",
-                *TINY_TRAIN,
-                "minutes=0.02",
-                "batch_size=4",
-            ],
-        )
-    )
+    train(tiny_config(bricks32.root, tmp_path / "r", "minutes=0.02", "batch_size=4"))
     err = capsys.readouterr()
     assert "steps in 0.0 min" in err.out
     assert "too few for a useful world" in err.err and "resume=true" in err.err
@@ -279,13 +259,7 @@ def test_a_folder_of_videos_and_action_files_imports_and_trains(tmp_path):
     got, real = ds.load(ds.entries()[1]), src.load(src.entries()[1])
     assert np.array_equal(got.actions, real.actions) and got.frames.shape == real.frames.shape
     assert np.abs(got.frames.astype(int) - real.frames).mean() < 8  # a lossy codec, same frames
-    train(
-        load_config(
-            "train",
-            TrainConfig,
-            [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=2", "batch_size=4"],
-        )
-    )
+    train(tiny_config(ds.root, tmp_path / "r", "steps=2", "batch_size=4"))
 
 
 @pytest.mark.parametrize(
@@ -336,12 +310,6 @@ def test_minari_export_and_import_round_trip_and_train(bricks32, tmp_path, monke
     assert len(ds.entries()) == len(bricks32.entries())
     a, b = ds.load(ds.entries()[0]), bricks32.load(bricks32.entries()[0])
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)  # lossless
-    train(
-        load_config(
-            "train",
-            TrainConfig,
-            [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=2", "batch_size=4"],
-        )
-    )
+    train(tiny_config(ds.root, tmp_path / "r", "steps=2", "batch_size=4"))
     with pytest.raises(ValueError, match="no local Minari dataset 'nope'"):
         import_minari("nope", tmp_path / "other")
