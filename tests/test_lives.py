@@ -152,6 +152,12 @@ def test_a_fine_tune_may_weigh_the_moving_pixels_differently_from_its_init(
     weighted = [*cfg, "model.denoiser.motion_weight=3", "steps=1"]
     trainer = Trainer(load_config("train", TrainConfig, weighted))
     assert trainer.model_cfg.denoiser.motion_weight == 3
+    # and the bundle takes the init's student beside the re-weighted teacher
+    trainer.fit()
+    world = bundle(
+        BundleConfig(run=str(out), student=str(tiny_world), out=str(tmp_path / "w"), starts=2)
+    )
+    assert (world / "student.safetensors").exists()
     with pytest.raises(files.CheckpointError, match="denoiser config differs"):
         Trainer(
             load_config(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -44,6 +44,11 @@ class DenoiserConfig:
     they weigh 1 + motion_weight, the still ones 1 (the loss is then divided by the batch's
     mean weight). In Bricks the ball and paddle are ~1% of the frame, so under the plain
     loss the still 99% decide what the network learns first."""
+
+    def weights_meaning(self) -> DenoiserConfig:
+        """This config without the settings that only shape training (`motion_weight`): two
+        configs with the same meaning load each other's weights."""
+        return replace(self, motion_weight=0.0)
 
     def __post_init__(self):
         if not 1 <= self.context <= 64:

@@ -153,7 +153,9 @@ def _write_student(run: Path, meta: dict, dest: Path) -> dict:
 
 
 def _denoiser_cfg(model: dict):
-    return from_dict(ModelConfig, model).denoiser
+    """What a model dict's denoiser weights mean (a student may have trained with another
+    loss weighting than its teacher)."""
+    return from_dict(ModelConfig, model).denoiser.weights_meaning()
 
 
 def _starts(ds: Dataset, K: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

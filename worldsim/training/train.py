@@ -591,10 +591,7 @@ def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> Non
     `motion_weight` aside: it changes how the run trains, not what the weights mean)."""
     src = world_file.load_source(path)
     other = src.model_cfg
-    if (
-        replace(other.denoiser, motion_weight=model.cfg.denoiser.motion_weight)
-        != model.cfg.denoiser
-    ):
+    if other.denoiser.weights_meaning() != model.cfg.denoiser.weights_meaning():
         raise files.CheckpointError(
             f"{path}: its denoiser config differs from this run's model config ({other.denoiser})"
         )
