@@ -60,6 +60,8 @@ def test_unknown_keys_are_rejected(capsys, override):
 def test_wrong_types_and_values_are_rejected():
     with pytest.raises(ConfigError, match="steps must be int"):
         load_config("collect", CollectConfig, ["steps=lots"])
+    with pytest.raises(ConfigError, match=r"test_fraction must be a number, got 'some'"):
+        load_config("collect", CollectConfig, ["test_fraction=some"])
     with pytest.raises(ConfigError, match="policy.name must be one of"):
         load_config("collect", CollectConfig, ["policy.name=clever"])
     with pytest.raises(ConfigError, match="workers must be >= 1, got 0"):

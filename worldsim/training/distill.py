@@ -192,14 +192,14 @@ def rollout_loss(
     generator,
     distance: str = "pseudo_huber",
     level: float | None = None,
-    motion_weight: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d(f(x, s | context the student drew), the real frame). `student(x, s, ctx, act)`;
-        frames (B, K+unroll+1, 3, H, W) in [-1, 1]; act (B, K+unroll) with act[:, i] the action
-        taken at frame i. The student draws `unroll` frames one step at a time from the K real
-        ones (no gradient; rounded to uint8 as a world's frames are), then its next frame from
-        that context is compared with the real one. x and s as in `solve_loss`; `motion_weight`
-    weighs the pixels where the real frame differs from the real frame before it."""
+    frames (B, K+unroll+1, 3, H, W) in [-1, 1]; act (B, K+unroll) with act[:, i] the action
+    taken at frame i. The student draws `unroll` frames one step at a time from the K real
+    ones (no gradient; rounded to uint8 as a world's frames are), then its next frame from
+    that context is compared with the real one. x and s as in `solve_loss`; `weight` as in
+    `distance_of`."""
     ctx, dev = frames[:, :K], frames.device
     with torch.no_grad():
         for t in range(unroll):
@@ -217,7 +217,6 @@ def rollout_loss(
         z = x0 / level + z
     a = act[:, unroll : unroll + K]
     diff = onestep(lambda x, s: student(x, s, ctx, a), z, sampler.sigma_max).float() - x0
-    weight = motion_weights(x0, frames[:, K + unroll - 1], motion_weight)
     return distance_of(diff, distance, weight).mean()
 
 
@@ -295,6 +294,8 @@ class Distiller(Trainer):
         if cfg.target == "rollout":
             u = int(torch.randint(cfg.unroll + 1, (), generator=gen, device=dev))
             frames = to_unit(batch.obs[:, : K + u + 1].to(dev))
+            # the real target frame against the real frame before it
+            weight = motion_weights(frames[:, -1], frames[:, -2], self.motion_weight)
             sampler = SamplerConfig("onestep", 1, cfg.sigma_min, cfg.sigma_max, cfg.rho)
             loss = rollout_loss(
                 lambda x, s, c, a: model(x, s, c, a, zero),
@@ -306,7 +307,7 @@ class Distiller(Trainer):
                 gen,
                 cfg.distance,
                 level,
-                self.motion_weight,
+                weight,
             )
             return loss, {"loss": loss.item(), "reward_loss": 0.0}
         frames = to_unit(batch.obs[:, : K + 1].to(dev))
