@@ -1,11 +1,12 @@
-"""The Bricks rule checker: real play keeps every rule; broken rules are caught."""
+"""The Bricks and Maze rule checkers: real play keeps every rule; broken rules are caught."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from worldsim_envs import maze
 
 from worldsim.data.collect import play_episode
-from worldsim.evaluation.rules import read_bricks, rule_scores
+from worldsim.evaluation.rules import maze_rule_scores, read_bricks, read_maze, rule_scores
 from worldsim.policies import Policy, PolicyConfig
 
 
@@ -43,6 +44,40 @@ def test_broken_rules_are_caught():
         (jump, "ball jump"),
     ):
         assert rule in rule_scores(broken[None])["broken"], rule
+
+
+@pytest.mark.parametrize("policy", ["scripted", "miss", "sticky", "random"])
+def test_real_maze_play_keeps_every_rule(policy):
+    env = gym.make("worldsim/Maze-v0")
+    ep = play_episode(
+        env, Policy(PolicyConfig(name=policy), env, np.random.default_rng(1)), seed=7, max_steps=400
+    )
+    assert set(ep.actions.tolist()) == {0, 1, 2, 3, 4} or policy == "scripted"
+    scores = maze_rule_scores(ep.frames[None], ep.actions[None])
+    assert scores["kept"] == 1.0, scores["broken"]
+
+
+def test_broken_maze_rules_are_caught():
+    env = gym.make("worldsim/Maze-v0")
+    frames = [env.reset(seed=0)[0]]
+    for a in (4, 4):  # two turns right
+        frames.append(env.step(a)[0])
+    frames = np.stack(frames)
+    assert read_maze(frames[0]).heights.std() > 1  # a view whose slide can be seen
+    turns = np.array([[4, 4]])
+    assert maze_rule_scores(frames[None], turns)["kept"] == 1.0
+    idle = frames[[0, 0, 1]]  # NOOP, then the view jumps by a turn although the key is NOOP
+    lifted = frames.copy()
+    background = maze.PALETTE[maze.BACKGROUND_INDEX]
+    wall = (frames[-1] != background).any(-1)
+    lifted[-1] = background
+    lifted[-1, :-6][wall[6:]] = frames[-1, 6:][wall[6:]]  # the walls float 6 rows up
+    for broken, acts, rule in (
+        (frames[None], np.array([[3, 3]]), "turn direction"),  # turned left, the view went right
+        (idle[None], np.array([[0, 0]]), "still when idle"),
+        (lifted[None], turns, "walls centred"),
+    ):
+        assert rule in maze_rule_scores(broken, acts)["broken"], rule
 
 
 def test_eval_checks_the_shipped_bricks_world_on_fresh_play(tmp_path):

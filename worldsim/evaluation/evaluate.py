@@ -77,7 +77,7 @@ class EvalConfig:
     rules_steps: int = 1000
     """Steps of free play (sticky-random keys, 8 dreams; samplers of at most 3 evaluations)
     scored for realism (distance to the nearest held-out real frame, any game) and, for
-    games with a rule checker (Bricks), against the game's rules, beside the real game's
+    games with a rule checker (Bricks, Maze), against the game's rules, beside the real game's
     own figures; 0 = skip."""
     idm_steps: int = 600
     """Training steps of the inverse-dynamics model that checks, for any game, whether the
@@ -329,7 +329,9 @@ def _long_play(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers, ds:
     if check is not None:
         real = _real_play(bundle, actions, cfg.seed)
         report["rules"] = {
-            "real game": sum_rule_scores([check(f[None]) for f in real])
+            "real game": sum_rule_scores(
+                [check(f[None], actions[i : i + 1, : len(f) - 1]) for i, f in enumerate(real)]
+            )
             if real
             else {"error": "the game cannot be made here"}
         }
@@ -340,7 +342,7 @@ def _long_play(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers, ds:
             list(rules.nearest_real_distance(frames[:, 1:], bank))
         )
         if check is not None:
-            report["rules"][label(s)] = check(frames)
+            report["rules"][label(s)] = check(frames, actions)
 
 
 REALISM_BUCKETS = ((1, 10), (11, 100), (101, 1000))

@@ -1,4 +1,4 @@
-"""Does a world keep the game's rules over long play? A rule checker for Bricks.
+"""Does a world keep the game's rules over long play? Rule checkers for Bricks and Maze.
 
 PSNR says how close a frame is to the real one; it cannot say whether the world still plays
 the game a hundred steps later, when no real frame is left to compare with. This module
@@ -11,6 +11,12 @@ left) and checks each transition against the game's rules:
 - bricks never come back (unless the wall was cleared and a new one drawn);
 - lives never increase, fall by at most one, and a lost life puts the ball on the paddle.
 
+For Maze it reads the wall height of every column of the first-person view and checks:
+
+- walls are centred on the horizon (each column: ceiling, one wall span, floor);
+- the view stays still when the player does nothing (NOOP);
+- a turn moves the view the way it turns (the scene slides left under TURN_RIGHT).
+
 It is checked on real play first (`worldsim eval` reports both): a rule the real game breaks
 under this reading is a bug in the reader, not in the world.
 """
@@ -21,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 from worldsim_envs import bricks as game
+from worldsim_envs import maze
 
 _TOLERANCE = 60  # colour distance (sum over RGB) that still counts as the object's colour
 
@@ -109,15 +116,24 @@ def bricks_violations(before: BricksObjects, after: BricksObjects) -> list[str]:
     return broken
 
 
-def rule_scores(frames: np.ndarray) -> dict:
-    """Rollouts (N, T, 64, 64, 3) uint8 -> the share of transitions that keep every rule,
-    and how often each rule was broken."""
+def rule_scores(frames: np.ndarray, actions: np.ndarray | None = None) -> dict:
+    """Bricks rollouts (N, T, 64, 64, 3) uint8 -> the share of transitions that keep every
+    rule, and how often each rule was broken (the rules need no actions)."""
+    return _score(
+        frames, [[bricks_violations(a, b) for a, b in _pairs(r, read_bricks)] for r in frames]
+    )
+
+
+def _pairs(rollout: np.ndarray, read) -> list:
+    objects = [read(f) for f in rollout]
+    return list(zip(objects, objects[1:], strict=False))
+
+
+def _score(frames: np.ndarray, broken_per_rollout: list[list[list[str]]]) -> dict:
     counts: dict[str, int] = {}
     kept = total = 0
-    for rollout in frames:
-        objects = [read_bricks(f) for f in rollout]
-        for a, b in zip(objects, objects[1:], strict=False):
-            broken = bricks_violations(a, b)
+    for per_step in broken_per_rollout:
+        for broken in per_step:
             total += 1
             kept += not broken
             for rule in broken:
@@ -125,8 +141,79 @@ def rule_scores(frames: np.ndarray) -> dict:
     return {"kept": kept / max(total, 1), "transitions": total, "broken": counts}
 
 
-CHECKERS = {"worldsim/Bricks-v0": rule_scores}
-"""Games with a rule checker, by Gymnasium id."""
+_MAZE_TOLERANCE = 12  # colour distance (sum over RGB) from the row's ceiling/floor = a wall
+_MAZE_BACKGROUND = maze.PALETTE[maze.BACKGROUND_INDEX].astype(np.int32)  # (64, 64, 3)
+_MAZE_CENTRED = 0.85  # share of columns whose wall span must sit on the horizon (real: >= 0.89)
+
+
+class MazeView(NamedTuple):
+    """What one Maze frame shows: the wall height of each column (64,) in pixels, and the
+    share of columns that are one wall span centred on the horizon (within 3 pixels)."""
+
+    heights: np.ndarray
+    centred: float
+
+
+def read_maze(frame: np.ndarray) -> MazeView:
+    """The wall profile of one (64, 64, 3) uint8 Maze frame.
+
+    >>> from worldsim_envs.maze import MazeEnv
+    >>> v = read_maze(MazeEnv().reset(seed=0)[0])
+    >>> v.heights.shape, v.centred >= _MAZE_CENTRED
+    ((64,), True)
+    """
+    wall = np.abs(frame.astype(np.int32) - _MAZE_BACKGROUND).sum(-1) >= _MAZE_TOLERANCE
+    size = wall.shape[0]
+    seen = wall.any(0)
+    top = np.where(seen, wall.argmax(0), size // 2)
+    bottom = np.where(seen, size - 1 - wall[::-1].argmax(0), size // 2 - 1)
+    one_span = wall.sum(0) == bottom - top + 1
+    on_horizon = np.abs(top - (size - 1 - bottom)) <= 3
+    return MazeView((bottom - top + 1).astype(np.float64), float((one_span & on_horizon).mean()))
+
+
+def _shift_error(before: np.ndarray, after: np.ndarray, shift: int) -> float:
+    """Mean difference of two wall profiles when `after`'s column x shows `before`'s x + shift."""
+    n = len(before)
+    if shift >= 0:
+        return float(np.abs(after[: n - shift] - before[shift:]).mean())
+    return float(np.abs(after[-shift:] - before[: n + shift]).mean())
+
+
+def maze_violations(before: MazeView, after: MazeView, action: int) -> list[str]:
+    """The rules a Maze transition under `action` breaks (empty: it keeps them all)."""
+    broken = []
+    if after.centred < _MAZE_CENTRED:
+        broken.append("walls centred")
+    if action == 0 and np.abs(after.heights - before.heights).mean() > 1.0:
+        broken.append("still when idle")
+    if action in (3, 4):  # a turn of pi/12 slides the scene by ~15 columns
+        way = 1 if action == 4 else -1
+        right = min(_shift_error(before.heights, after.heights, way * s) for s in range(4, 25))
+        wrong = min(_shift_error(before.heights, after.heights, -way * s) for s in range(25))
+        if wrong < right - 0.5:  # the view moved the other way (or not at all)
+            broken.append("turn direction")
+    return broken
+
+
+def maze_rule_scores(frames: np.ndarray, actions: np.ndarray) -> dict:
+    """Maze rollouts (N, T, 64, 64, 3) uint8 played with `actions` (N, >= T-1) -> the share
+    of transitions that keep every rule, and how often each rule was broken."""
+    return _score(
+        frames,
+        [
+            [
+                maze_violations(a, b, int(act))
+                for (a, b), act in zip(_pairs(r, read_maze), acts, strict=False)
+            ]
+            for r, acts in zip(frames, actions, strict=True)
+        ],
+    )
+
+
+CHECKERS = {"worldsim/Bricks-v0": rule_scores, "worldsim/Maze-v0": maze_rule_scores}
+"""Games with a rule checker, by Gymnasium id: each takes rollouts (N, T, 64, 64, 3) and the
+actions they were played with (N, T - 1)."""
 
 
 def sticky_actions(n: int, steps: int, num_actions: int, seed: int) -> np.ndarray:
