@@ -5,6 +5,12 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 # frame caches of the tests' datasets go to a folder of the session's, not ~/.cache
 os.environ.setdefault("WORLDSIM_CACHE", __import__("tempfile").mkdtemp(prefix="worldsim-cache-"))
+# Under pytest-xdist (`-n 2`) each worker takes its share of the cores, and so do the
+# commands its tests start: two workers of two threads each on two cores run slower than one.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    __import__("torch").set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import pytest  # noqa: E402
 
