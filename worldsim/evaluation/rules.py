@@ -119,9 +119,7 @@ def bricks_violations(before: BricksObjects, after: BricksObjects) -> list[str]:
 def rule_scores(frames: np.ndarray, actions: np.ndarray | None = None) -> dict:
     """Bricks rollouts (N, T, 64, 64, 3) uint8 -> the share of transitions that keep every
     rule, and how often each rule was broken (the rules need no actions)."""
-    return _score(
-        frames, [[bricks_violations(a, b) for a, b in _pairs(r, read_bricks)] for r in frames]
-    )
+    return _score([[bricks_violations(a, b) for a, b in _pairs(r, read_bricks)] for r in frames])
 
 
 def _pairs(rollout: np.ndarray, read) -> list:
@@ -129,7 +127,8 @@ def _pairs(rollout: np.ndarray, read) -> list:
     return list(zip(objects, objects[1:], strict=False))
 
 
-def _score(frames: np.ndarray, broken_per_rollout: list[list[list[str]]]) -> dict:
+def _score(broken_per_rollout: list[list[list[str]]]) -> dict:
+    """Per rollout, per transition, the rules it broke -> the share kept and counts."""
     counts: dict[str, int] = {}
     kept = total = 0
     for per_step in broken_per_rollout:
@@ -200,7 +199,6 @@ def maze_rule_scores(frames: np.ndarray, actions: np.ndarray) -> dict:
     """Maze rollouts (N, T, 64, 64, 3) uint8 played with `actions` (N, >= T-1) -> the share
     of transitions that keep every rule, and how often each rule was broken."""
     return _score(
-        frames,
         [
             [
                 maze_violations(a, b, int(act))
