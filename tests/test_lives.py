@@ -18,6 +18,7 @@ from worldsim.games import EnvConfig, make_env
 from worldsim.policies import Policy, PolicyConfig
 from worldsim.sim.env import WorldModelEnv
 from worldsim.sim.vector_env import WorldModelVectorEnv
+from worldsim.sim import world_file
 from worldsim.sim.world_file import knows_lives, load_world
 from worldsim.sim.wrappers import EndOnLifeLoss
 from worldsim.training.bundle import BundleConfig, bundle
@@ -370,3 +371,22 @@ def test_a_fine_tune_keeps_the_init_reward_model_unless_the_data_scores_new_amou
         assert values == known and all(same)
     else:
         assert 99.0 in values and values != known and not all(same)
+
+
+def test_a_fine_tune_that_weighs_rare_ends_otherwise_keeps_its_init_reward_model(
+    bricks32, tiny_world, tmp_path
+):
+    cfg = [f"data={bricks32.root}", *TINY_TRAIN, f"init={tiny_world}"]
+    weights = world_file.load_source(tiny_world).weights()
+    assert world_file.load_source(tiny_world).model_cfg.reward.life_head
+    n = len(world_file.load_source(tiny_world).meta["reward_values"]) + 1  # rewards, end
+    for i, (life_head, keep) in enumerate([("true", n + 1), ("false", n)]):
+        over = ["model.reward.end_weight=7", f"model.reward.life_head={life_head}"]
+        trainer = Trainer(load_config("train", TrainConfig, [*cfg, *over, f"out={tmp_path}/{i}"]))
+        assert trainer.model_cfg.reward.end_weight == 7
+        for k, v in trainer.model.reward.state_dict().items():
+            want = weights[f"reward.{k}"].to(v.dtype)
+            if k.startswith("head.2."):  # the last layer: a row for each reward, end (, life)
+                assert len(v) == keep
+                v, want = v[:n], want[:n]
+            assert torch.equal(v, want), k

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -27,6 +27,12 @@ class RewardConfig:
     life_head: bool = False
     """Also predict whether the step lost a life, for games that report lives (their data
     records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""
+
+    def weights_meaning(self) -> RewardConfig:
+        """This config without what a fine-tune may change and still start from these
+        weights: `end_weight` only shapes training, and a lost-life output is one row of the
+        last layer, added fresh or dropped (`RewardEndModel.adopt`)."""
+        return replace(self, end_weight=0.0, life_head=False)
 
     def __post_init__(self):
         if not 1 <= len(self.channels) <= 8 or not all(1 <= c <= 4096 for c in self.channels):
@@ -112,6 +118,18 @@ class RewardEndModel(nn.Module):
         n_out = num_rewards + 1 + int(cfg.life_head)
         self.head = nn.Sequential(nn.Linear(2 * c, 128), nn.SiLU(), nn.Linear(128, n_out))
         self.num_rewards = num_rewards
+
+    def adopt(self, tensors: dict[str, torch.Tensor], life_head: bool) -> dict[str, torch.Tensor]:
+        """The weights of a model of the same `weights_meaning`, with (`life_head`) or without
+        a lost-life output, made to fit this one: that output's row of the last layer is
+        dropped, or taken from this model's own fresh weights."""
+        if life_head == self.life_head:
+            return tensors
+        out, n = dict(tensors), self.num_rewards + 1
+        own = self.state_dict()
+        for k in ("head.2.weight", "head.2.bias"):
+            out[k] = tensors[k][:n] if life_head else torch.cat([tensors[k], own[k][n:]])
+        return out
 
     def forward(
         self, obs, action, nxt, packed: int = 0

@@ -587,7 +587,7 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> None:
     """Load `model`'s denoiser from a world or run folder, and its reward/end model when its
-    config and reward values match; a denoiser of another config is refused (the loss's
+    layers and reward values match (a lost-life output added or dropped, `end_weight` free); a denoiser of another config is refused (the loss's
     `motion_weight` aside: it changes how the run trains, not what the weights mean)."""
     src = world_file.load_source(path)
     other = src.model_cfg
@@ -598,10 +598,12 @@ def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> Non
     weights = src.weights()
     part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("denoiser.")}
     files.load_weights(model.denoiser, part, src.weights_path)
-    if other.reward == model.cfg.reward and src.meta["reward_values"] == reward_values:
+    same_reward = other.reward.weights_meaning() == model.cfg.reward.weights_meaning()
+    if same_reward and src.meta["reward_values"] == reward_values:
         part = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("reward.")}
+        part = model.reward.adopt(part, other.reward.life_head)
         files.load_weights(model.reward, part, src.weights_path)
-    elif other.reward != model.cfg.reward:
+    elif not same_reward:
         print(
             f"init: denoiser from {path}; the reward/end model starts fresh (its config "
             f"{other.reward} differs from this run's {model.cfg.reward})"
