@@ -22,10 +22,12 @@ def tiny_config(data, out, *overrides) -> TrainConfig:
     )
 
 
-def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) -> Dataset:
+def dot_game(
+    root, episodes=12, length=120, size=32, end_frame=False, seed=0, end_reward=0.0
+) -> Dataset:
     """A synthetic game: a white dot that actions 1-4 move (left, right, up, down) and action
     0 leaves. With `end_frame`, each episode's last frame is red: an end, rare (1 in
-    `length`) but visible."""
+    `length`) but visible, that pays `end_reward`."""
     rng = np.random.default_rng(seed)
     ds = Dataset.create_or_append(
         root,
@@ -49,14 +51,15 @@ def dot_game(root, episodes=12, length=120, size=32, end_frame=False, seed=0) ->
             if t < length:
                 dy, dx = moves[int(actions[t])]
                 y, x = int(np.clip(y + dy, 0, size - 2)), int(np.clip(x + dx, 0, size - 2))
-        term = np.zeros(length, bool)
+        term, rewards = np.zeros(length, bool), np.zeros(length, np.float32)
         term[-1] = end_frame
+        rewards[-1] = end_reward if end_frame else 0.0
         ds.add(
             ep,
             Episode(
                 np.stack(frames),
                 actions.astype(np.int64),
-                np.zeros(length, np.float32),
+                rewards,
                 term,
                 np.zeros(length, bool),
             ),
@@ -194,6 +197,38 @@ def test_end_head_learns_rare_ends_and_its_threshold_is_calibrated(tmp_path):
     scores = end_scores(model, test, thresholds)
     assert scores["end_seen"] == 3
     assert scores["end_recall"] > 0.9 and scores["end_precision"] > 0.9
+
+
+def test_rare_rewards_are_all_scored_by_the_eval(tmp_path):
+    """Every rewarded transition of the held-out play is scored (a maze pays once in
+    ~15,000 steps: a random draw of transitions would miss it), against a known answer."""
+    from worldsim.models.world_model import WorldModel
+    from worldsim.training.calibration import end_scores
+
+    ds = dot_game(tmp_path / "dot", episodes=12, length=200, end_frame=True, end_reward=1.0)
+    test = SegmentSampler(ds, "test", 2)
+    model = WorldModel(load_config("train", TrainConfig, ["model=tiny"]).model, 5, [0.0, 1.0])
+
+    class Rewards(torch.nn.Module):  # a red next frame pays, when `pays`
+        life_head = False
+
+        def __init__(self, pays: bool):
+            super().__init__()
+            self.pays = pays
+
+        def forward(self, obs, action, nxt):
+            red = (nxt[:, 0].mean((1, 2)) > nxt[:, 1].mean((1, 2))).float() * 20 - 10
+            r = torch.stack([-red, red], 1) if self.pays else torch.stack([red, -red], 1)
+            return r, red, torch.full_like(red, -10.0)
+
+    model.reward = Rewards(True)
+    scores = end_scores(model, test, {"end": 0.0})
+    assert scores["reward_seen"] == 3  # the three held-out episodes' exits
+    assert scores["reward_recall"] == 1 and scores["reward_precision"] == 1
+    assert scores["end_recall"] == 1 and scores["reward_false_per_1k"] == 0
+    model.reward = Rewards(False)
+    scores = end_scores(model, test, {"end": 0.0})
+    assert scores["reward_recall"] == 0 and scores["reward_seen"] == 3
 
 
 # --- action following for any game --------------------------------------------------------

@@ -16,9 +16,9 @@ from worldsim.data.collect import play_episode
 from worldsim.data.store import DataError, Dataset, Episode, load_episode, save_episode
 from worldsim.games import EnvConfig, make_env
 from worldsim.policies import Policy, PolicyConfig
+from worldsim.sim import world_file
 from worldsim.sim.env import WorldModelEnv
 from worldsim.sim.vector_env import WorldModelVectorEnv
-from worldsim.sim import world_file
 from worldsim.sim.world_file import knows_lives, load_world
 from worldsim.sim.wrappers import EndOnLifeLoss
 from worldsim.training.bundle import BundleConfig, bundle

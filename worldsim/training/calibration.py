@@ -19,30 +19,33 @@ from worldsim.models.world_model import WorldModel, to_unit
 @torch.no_grad()
 def reward_logits(
     model: WorldModel, data: SegmentSampler, index: np.ndarray, batch: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """End and lost-life logits (N,) of the one-step segments `index` of `data`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reward (N, classes), end (N,) and lost-life (N,) logits of the one-step segments
+    `index` of `data`."""
     K, dev = data.K, model.reward_values.device
-    ends, lives = [], []
+    out: list[list[torch.Tensor]] = [[], [], []]
     for i in range(0, len(index), batch):
         frames, act, *_ = data._gather(index[i : i + batch])
         x = to_unit(torch.from_numpy(frames).to(dev).permute(0, 1, 4, 2, 3))
-        _, e, l_ = model.reward(x[:, :K], torch.from_numpy(act[:, K - 1]).to(dev), x[:, K])
-        ends.append(e.float().cpu())
-        lives.append(l_.float().cpu())
-    return torch.cat(ends), torch.cat(lives)
+        logits = model.reward(x[:, :K], torch.from_numpy(act[:, K - 1]).to(dev), x[:, K])
+        for o, t in zip(out, logits, strict=True):
+            o.append(t.float().cpu())
+    r, e, l_ = (torch.cat(o) for o in out)
+    return r, e, l_
 
 
 def _examples(data: SegmentSampler, negatives: int, seed: int):
-    """Every transition of `data` that ended the episode or lost a life, and `negatives`
-    others at random, each weighted by the share of all others it stands for."""
-    _, _, ends, lost = data.flat  # one-step segment j is flat transition j
-    positive = ends | lost
+    """Every transition of `data` that scored, ended the episode or lost a life, and
+    `negatives` others at random, each weighted by the share of all others it stands for."""
+    _, rews, ends, lost = data.flat  # one-step segment j is flat transition j
+    positive = ends | lost | (rews != 0)
     others = np.flatnonzero(~positive)
     drawn = np.random.default_rng(seed).choice(others, min(negatives, len(others)), replace=False)
     index = np.concatenate([np.flatnonzero(positive), drawn])
     weights = torch.ones(len(index))
     weights[int(positive.sum()) :] = len(others) / max(len(drawn), 1)
-    return index, weights, torch.from_numpy(ends[index]), torch.from_numpy(lost[index])
+    r, e, l_ = (torch.from_numpy(x[index]) for x in (rews, ends, lost))
+    return index, weights, r.float(), e, l_
 
 
 def calibrate(
@@ -50,8 +53,8 @@ def calibrate(
 ) -> dict[str, float]:
     """{"end": logit, "life": logit} thresholds with the best F1 on `split` of `ds`."""
     data = SegmentSampler(ds, split, model.cfg.denoiser.context)
-    index, weights, ends, lost = _examples(data, negatives, seed)
-    e_logit, l_logit = reward_logits(model, data, index)
+    index, weights, _, ends, lost = _examples(data, negatives, seed)
+    _, e_logit, l_logit = reward_logits(model, data, index)
     out = {"end": best_threshold(e_logit, ends, weights)}
     if model.reward.life_head:
         out["life"] = best_threshold(l_logit, lost, weights)
@@ -65,15 +68,23 @@ def end_scores(
     negatives: int = 4096,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Precision and recall of the end (and lost-life) predictions over all of `data`'s
-    transitions (its ends and lost lives, and a weighted draw of the others)."""
-    index, weights, ends, lost = _examples(data, negatives, seed)
-    e_logit, l_logit = reward_logits(model, data, index)
+    """Precision and recall of the non-zero reward, end (and lost-life) predictions over all
+    of `data`'s transitions (every one that scored, ended or lost a life, and a weighted draw
+    of the others), and their false alarms per 1,000 steps. Rare rewards (a maze's exit, once
+    in ~15,000 steps) are all counted, where a random draw of transitions would miss them."""
+    index, weights, rews, ends, lost = _examples(data, negatives, seed)
+    r_logit, e_logit, l_logit = reward_logits(model, data, index)
     out = {}
-    pairs = [("end", e_logit, ends)] + ([("life", l_logit, lost)] if model.reward.life_head else [])
-    for name, logit, real in pairs:
+    scored = model.reward_values.cpu().float()[r_logit.argmax(1)]
+    pairs = [("reward", scored != 0, rews != 0, scored == rews)]
+    for name, logit, real in [("end", e_logit, ends)] + (
+        [("life", l_logit, lost)] if model.reward.life_head else []
+    ):
         pred = logit > thresholds.get(name, 0.0)
-        tp, fp = float(weights[pred & real].sum()), float(weights[pred & ~real].sum())
+        pairs.append((name, pred, real, torch.ones_like(pred)))
+    for name, pred, real, right in pairs:
+        hit = pred & real & right  # a reward counts where its amount is right too
+        tp, fp = float(weights[hit].sum()), float(weights[pred & ~hit].sum())
         out[f"{name}_precision"] = tp / (tp + fp) if tp + fp > 0 else float("nan")
         out[f"{name}_recall"] = tp / int(real.sum()) if real.any() else float("nan")
         out[f"{name}_false_per_1k"] = 1000 * fp / float(weights.sum())

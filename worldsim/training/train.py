@@ -587,8 +587,9 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def _init_from(model: WorldModel, path: Path, reward_values: list[float]) -> None:
     """Load `model`'s denoiser from a world or run folder, and its reward/end model when its
-    layers and reward values match (a lost-life output added or dropped, `end_weight` free); a denoiser of another config is refused (the loss's
-    `motion_weight` aside: it changes how the run trains, not what the weights mean)."""
+    layers and reward values match (a lost-life output added or dropped, `end_weight` free);
+    a denoiser of another config is refused (the loss's `motion_weight` aside: it changes
+    how the run trains, not what the weights mean)."""
     src = world_file.load_source(path)
     other = src.model_cfg
     if other.denoiser.weights_meaning() != model.cfg.denoiser.weights_meaning():
