@@ -183,10 +183,10 @@ def test_a_short_time_budget_says_how_far_it_got(bricks32, tmp_path, capsys):
 # --- rare episode ends --------------------------------------------------------------------
 
 
-def test_end_head_learns_rare_ends_and_its_threshold_is_calibrated(tmp_path):
+def test_end_head_learns_rare_ends_and_rewards_and_its_threshold_is_calibrated(tmp_path):
     from worldsim.training.calibration import calibrate, end_scores
 
-    ds = dot_game(tmp_path / "dot", episodes=12, length=200, end_frame=True)
+    ds = dot_game(tmp_path / "dot", episodes=12, length=200, end_frame=True, end_reward=1.0)
     args = [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=120", "batch_size=32"]
     train(load_config("train", TrainConfig, args))
     trainer = Trainer(load_config("train", TrainConfig, [*args, "resume=true"]))
@@ -197,6 +197,10 @@ def test_end_head_learns_rare_ends_and_its_threshold_is_calibrated(tmp_path):
     scores = end_scores(model, test, thresholds)
     assert scores["end_seen"] == 3
     assert scores["end_recall"] > 0.9 and scores["end_precision"] > 0.9
+    # the exit's reward, as rare as the end, is learned too (its class weighed up)
+    assert trainer.model.reward_weight.tolist() == pytest.approx([1.0, math.sqrt(199)])
+    assert scores["reward_seen"] == 3
+    assert scores["reward_recall"] > 0.9 and scores["reward_precision"] > 0.9
 
 
 def test_rare_rewards_are_all_scored_by_the_eval(tmp_path):

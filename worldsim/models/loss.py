@@ -68,15 +68,19 @@ def reward_loss(
     end_weight: float,
     life=None,
     life_weight: float | None = None,
+    reward_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reward cross-entropy plus the end (and lost-life) binary cross-entropies, their
-    positive classes weighted by `end_weight` (and `life_weight`, default the same). obs
-    (B, K, 3, H, W) and nxt (B, 3, H, W) in [-1, 1]; reward_idx (B,) reward classes; end
-    and life (B,) bool."""
+    """Reward cross-entropy (its classes weighted by `reward_weight`, none = alike) plus the
+    end (and lost-life) binary cross-entropies, their positive classes weighted by
+    `end_weight` (and `life_weight`, default the same). obs (B, K, 3, H, W) and nxt
+    (B, 3, H, W) in [-1, 1]; reward_idx (B,) reward classes; end and life (B,) bool."""
     r_logits, e_logit, l_logit = model(obs, action, nxt)
     bce = F.binary_cross_entropy_with_logits
     w_end = torch.tensor(end_weight, device=obs.device)
-    loss = F.cross_entropy(r_logits, reward_idx) + bce(e_logit, end.float(), pos_weight=w_end)
+    ce = F.cross_entropy(r_logits.float(), reward_idx, weight=reward_weight, reduction="none")
+    if reward_weight is not None:  # a plain mean of the weighted terms: the rare class adds
+        ce = ce / reward_weight.mean()  # to the loss, it does not take over the batch
+    loss = ce.mean() + bce(e_logit, end.float(), pos_weight=w_end)
     if model.life_head:
         w_life = torch.tensor(end_weight if life_weight is None else life_weight, device=obs.device)
         loss = loss + bce(l_logit, life.float(), pos_weight=w_life)

@@ -23,7 +23,8 @@ class RewardConfig:
     """Weight of the (rare) positive class in the episode-end and lost-life losses; 0 = from
     the training data: the square root of the ratio of negatives to positives, in [1, 100]
     (Pong ends once in ~800 steps: ~28). The decision threshold is then chosen on data
-    (`best_threshold`), so the weight only has to make the rare class learnable."""
+    (`best_threshold`), so the weight only has to make the rare class learnable. Rare
+    non-zero rewards (a maze's exit) are always weighed up the same way, from the data."""
     life_head: bool = False
     """Also predict whether the step lost a life, for games that report lives (their data
     records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""

@@ -51,6 +51,10 @@ class WorldModel(nn.Module):
         # positive-class weights of the end and lost-life losses; with end_weight=0 the
         # trainer sets them from its data (`balanced_weight`)
         self.end_weight = self.life_weight = cfg.reward.end_weight or 1.0
+        # weights of the reward classes in their loss (rare rewards, such as a maze's exit,
+        # are otherwise never predicted); the trainer sets them from its data
+        self.reward_weight: torch.Tensor | None
+        self.register_buffer("reward_weight", None, persistent=False)
 
     def reward_index(self, rewards: torch.Tensor) -> torch.Tensor:
         """Class of each reward: the nearest of the known reward values."""
@@ -68,7 +72,16 @@ class WorldModel(nn.Module):
         life = torch.zeros_like(end) if life is None else life
         idx = self.reward_index(rew)
         loss_r = reward_loss(
-            self.reward, ctx, act[:, -1], x0, idx, end, self.end_weight, life, self.life_weight
+            self.reward,
+            ctx,
+            act[:, -1],
+            x0,
+            idx,
+            end,
+            self.end_weight,
+            life,
+            self.life_weight,
+            self.reward_weight,
         )
         if not denoiser:
             return loss_r, {"loss": loss_r.item(), "reward_loss": loss_r.item()}

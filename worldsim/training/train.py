@@ -444,10 +444,18 @@ class Trainer:
     # --- what a subclass (the distiller) changes -----------------------------------------
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         model = WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
+        _, rews, ends, lost = self.train_data.flat
         if not self.model_cfg.reward.end_weight:  # balance the rare ends and lost lives
-            _, _, ends, lost = self.train_data.flat
             model.end_weight = balanced_weight(int(ends.sum()), len(ends))
             model.life_weight = balanced_weight(int(lost.sum()), len(lost))
+        classes = model.reward_index(torch.from_numpy(rews).float())
+        counts = torch.bincount(classes, minlength=len(reward_values)).tolist()
+        model.reward_weight = torch.tensor(  # and the rare rewards (the zero class stays 1)
+            [
+                1.0 if v == 0 else balanced_weight(n, len(rews))
+                for v, n in zip(reward_values, counts, strict=True)
+            ]
+        )
         cfg = self.train_cfg
         if cfg.init:
             _init_from(model, Path(cfg.init), reward_values)
