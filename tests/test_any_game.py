@@ -128,6 +128,16 @@ def test_a_run_folder_works_from_another_directory(bricks32, tmp_path, monkeypat
     assert load_world(world).meta["source"]["data"] == str((here / "data").resolve())
 
 
+def test_a_fine_tune_of_a_shipped_world_records_that_world_folder(tmp_path, monkeypatch):
+    from worldsim.sim.world_file import WORLDS_DIR
+    from worldsim.training.train import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _absolute_paths(TrainConfig(data="data", out="r", init="maze"))
+    assert cfg.init == str((WORLDS_DIR / "maze").resolve())
+    assert cfg.data == str(tmp_path.resolve() / "data")
+
+
 # --- short runs ---------------------------------------------------------------------------
 
 

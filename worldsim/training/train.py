@@ -584,12 +584,15 @@ def _truncate_log(log: Path, step: int) -> None:
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
-    """The config with its folders absolute, so a run folder works from any directory."""
-    paths: dict[str, Any] = {
-        k: str(Path(getattr(cfg, k)).resolve())
-        for k in ("data", "out", "init", "teacher")
-        if getattr(cfg, k, "")
-    }
+    """The config with its folders absolute, so a run folder works from any directory (a
+    shipped world's name, as `init=` or `teacher=`, becomes that world's folder)."""
+    paths: dict[str, Any] = {}
+    for k in ("data", "out", "init", "teacher"):
+        value = getattr(cfg, k, "")
+        if k in ("init", "teacher") and value and not Path(value).exists():
+            value = world_file.resolve(value)  # a shipped world's name
+        if value:
+            paths[k] = str(Path(value).resolve())
     return replace(cfg, **paths)
 
 
