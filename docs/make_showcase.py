@@ -18,7 +18,7 @@ from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.data.video import upscale
 from worldsim.evaluation.rollout import rollout
-from worldsim.sim.world import World, next_frame
+from worldsim.sim.world import World
 from worldsim.sim.world_file import load_world
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     b = data.sample(args.rows, np.random.default_rng(args.seed))
     world, gen = World(bundle), torch.Generator().manual_seed(args.seed)
     dream = rollout(
-        lambda ctx, a: next_frame(world.denoiser, ctx, a, world.sampler, gen),
+        lambda ctx, a: world.draw(ctx, a, generator=gen),
         b.obs,
         b.act,
         K,
