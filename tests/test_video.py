@@ -27,3 +27,22 @@ def test_bad_scale_and_existing_file_are_refused(tmp_path):
     write_mp4(tmp_path / "a.mp4", frames, scale=1)
     with pytest.raises(FileExistsError):
         write_mp4(tmp_path / "a.mp4", frames, scale=1)
+
+
+def test_the_readme_animation_script_draws_real_and_dream_side_by_side(
+    tiny_world, tmp_path, monkeypatch
+):
+    """docs/make_showcase.py makes the README's GIFs: it must keep up with the world API."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    script = Path(__file__).parents[1] / "docs" / "make_showcase.py"
+    out = tmp_path / "show.gif"
+    argv = ["make_showcase.py", "--world", str(tiny_world), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "1", "--steps", "3", "--scale", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    gif = Image.open(out)
+    assert gif.n_frames == 3 and gif.size == (2 * 32 + 2, 32)  # real | grey bar | dream
