@@ -78,8 +78,8 @@ def reward_loss(
     bce = F.binary_cross_entropy_with_logits
     w_end = torch.tensor(end_weight, device=obs.device)
     ce = F.cross_entropy(r_logits.float(), reward_idx, weight=reward_weight, reduction="none")
-    if reward_weight is not None:  # a plain mean of the weighted terms: the rare class adds
-        ce = ce / reward_weight.mean()  # to the loss, it does not take over the batch
+    if reward_weight is not None:  # the weights shift the classes' shares, not the loss's
+        ce = ce / reward_weight.mean()  # scale (which the gradient clipping reads)
     loss = ce.mean() + bce(e_logit, end.float(), pos_weight=w_end)
     if model.life_head:
         w_life = torch.tensor(end_weight if life_weight is None else life_weight, device=obs.device)
