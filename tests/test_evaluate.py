@@ -82,3 +82,19 @@ def test_eval_refuses_data_of_another_game(tiny_world, bricks_data, tmp_path):
                 [f"world={tiny_world}", f"data={bricks_data.root}", f"out={tmp_path}"],
             )
         )
+
+
+def test_eval_says_how_to_go_on_when_the_world_training_data_is_not_here(
+    tiny_world, tmp_path, capsys
+):
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    meta = json.loads((world / "world.json").read_text())
+    meta["source"]["data"] = str(tmp_path / "gone")
+    (world / "world.json").write_text(json.dumps(meta))
+    assert main(["eval", f"world={world}", f"out={tmp_path / 'e'}"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gone" in err and "policy=random" in err
+    assert not (tmp_path / "e").exists()

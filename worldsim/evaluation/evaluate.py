@@ -380,7 +380,17 @@ def _eval_data(cfg: EvalConfig, bundle: WorldBundle, out: Path) -> Dataset:
     """The dataset to score on: fresh play by `cfg.policy` (all of it held out), or the
     held-out split of `cfg.data` or of the world's own training data."""
     if not cfg.policy:
-        return Dataset.open(cfg.data or bundle.meta["source"]["data"])
+        from worldsim.data.store import DataError
+
+        try:
+            return Dataset.open(cfg.data or bundle.meta["source"]["data"])
+        except DataError as e:
+            if cfg.data:
+                raise
+            raise DataError(
+                f"{e}; that is the world's training data: give data=<dataset> to score "
+                "held-out play, or policy=random to score fresh play"
+            ) from None
     from worldsim.config import from_dict
     from worldsim.data.collect import CollectConfig, collect
     from worldsim.games import EnvConfig
