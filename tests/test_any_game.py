@@ -243,6 +243,15 @@ def test_rare_rewards_are_all_scored_by_the_eval(tmp_path):
     model.reward = Rewards(False)
     scores = end_scores(model, test, {"end": 0.0})
     assert scores["reward_recall"] == 0 and scores["reward_seen"] == 3
+    # a model that never pays has no precision to report: None (null in report.json), not NaN
+    model.reward.forward = lambda obs, action, nxt: (
+        torch.tensor([[10.0, -10.0]]).expand(len(obs), 2),
+        torch.full((len(obs),), -10.0),
+        torch.full((len(obs),), -10.0),
+    )
+    scores = end_scores(model, test, {"end": 0.0})
+    assert scores["reward_precision"] is None and scores["reward_recall"] == 0
+    assert scores["end_precision"] is None and scores["end_recall"] == 0
 
 
 # --- action following for any game --------------------------------------------------------

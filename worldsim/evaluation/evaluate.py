@@ -142,7 +142,7 @@ def teacher_forced(world: World, obs, act, K, gen) -> dict[str, float]:
 @torch.no_grad()
 def reward_accuracy(
     bundle: WorldBundle, data: SegmentSampler, n: int, seed: int
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Reward classes on `n` real transitions drawn at random (next frame real), and the
     non-zero reward, end and lost-life predictions' precision and recall at the world's
     thresholds over all of `data`."""
@@ -560,9 +560,11 @@ def summary(report: dict, horizons=(1, 4, 16, 64)) -> str:
     kinds = [("reward", "non-zero rewards"), ("end", "episode ends"), ("life", "lost lives")]
     for name, what in kinds:
         if f"{name}_recall" in re:
+            precision, recall = re[f"{name}_precision"], re[f"{name}_recall"]
             lines[-1] += (
-                f"; {what}: precision {re[f'{name}_precision']:.2f}, recall "
-                f"{re[f'{name}_recall']:.2f} of {re[f'{name}_seen']}, "
+                f"; {what}: precision "
+                + ("- (none predicted)" if precision is None else f"{precision:.2f}")
+                + f", recall {'-' if recall is None else f'{recall:.2f}'} of {re[f'{name}_seen']}, "
                 f"{re[f'{name}_false_per_1k']:.1f} false alarms per 1k steps"
             )
     return "\n".join(lines)

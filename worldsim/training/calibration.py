@@ -67,14 +67,15 @@ def end_scores(
     thresholds: dict[str, float],
     negatives: int = 4096,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Precision and recall of the non-zero reward, end (and lost-life) predictions over all
     of `data`'s transitions (every one that scored, ended or lost a life, and a weighted draw
     of the others), and their false alarms per 1,000 steps. Rare rewards (a maze's exit, once
-    in ~15,000 steps) are all counted, where a random draw of transitions would miss them."""
+    in ~15,000 steps) are all counted, where a random draw of transitions would miss them.
+    A precision is None where the model predicted none, a recall where the data has none."""
     index, weights, rews, ends, lost = _examples(data, negatives, seed)
     r_logit, e_logit, l_logit = reward_logits(model, data, index)
-    out = {}
+    out: dict[str, float | None] = {}
     scored = model.reward_values.cpu().float()[r_logit.argmax(1)]
     pairs = [("reward", scored != 0, rews != 0, scored == rews)]
     for name, logit, real in [("end", e_logit, ends)] + (
@@ -85,8 +86,8 @@ def end_scores(
     for name, pred, real, right in pairs:
         hit = pred & real & right  # a reward counts where its amount is right too
         tp, fp = float(weights[hit].sum()), float(weights[pred & ~hit].sum())
-        out[f"{name}_precision"] = tp / (tp + fp) if tp + fp > 0 else float("nan")
-        out[f"{name}_recall"] = tp / int(real.sum()) if real.any() else float("nan")
+        out[f"{name}_precision"] = tp / (tp + fp) if tp + fp > 0 else None
+        out[f"{name}_recall"] = tp / int(real.sum()) if real.any() else None
         out[f"{name}_false_per_1k"] = 1000 * fp / float(weights.sum())
         out[f"{name}_seen"] = int(real.sum())
     return out
