@@ -246,6 +246,41 @@ def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
     torch.testing.assert_close(unpack(packed, 2), plain, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_still_keeps_the_last_frame_where_the_draw_moves_less(packed):
+    """`sampler.still`: a pixel whose three colours all move at most that many levels from
+    the last frame keeps the last frame's pixel exactly; every other pixel is the frame the
+    sampler draws without it, from the same noise (plain and packed alike)."""
+    from worldsim.models.denoiser import Denoiser, DenoiserConfig
+    from worldsim.models.unet import pack, unpack
+    from worldsim.sim.world import Sampler
+
+    torch.manual_seed(0)
+    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)
+    D = Denoiser(
+        DenoiserConfig(context=2, unet=unet), num_actions=3, parameterization="consistency"
+    )
+    for p in D.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    obs, act = torch.rand(3, 2, 3, 32, 32) * 0.2 - 0.1, torch.randint(0, 3, (3, 2))
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
+
+    def draw(still: int) -> torch.Tensor:
+        if not packed:
+            return Sampler(D, SamplerConfig("onestep", 1, still=still))(obs, act, gens())
+        ctx = pack(obs.reshape(3, 6, 32, 32), 2)
+        out = Sampler(D, SamplerConfig("onestep", 1, still=still))(ctx, act, gens(), packed=True)
+        return unpack(out, 2)
+
+    raw, kept, last = draw(0), draw(12), obs[:, -1]
+    near = ((raw - last).abs().amax(1, keepdim=True) <= 12.5 / 127.5).expand_as(raw)
+    assert 0.05 < near.float().mean() < 0.95  # both kinds of pixel are in the test
+    assert torch.equal(kept[near], last[near])
+    torch.testing.assert_close(kept[~near], raw[~near])
+    with pytest.raises(ValueError, match="sampler.still"):
+        SamplerConfig("onestep", 1, still=256)
+
+
 def _random_nets(stem: int, residual: bool = False):
     """A tiny denoiser and reward model with random weights, every layer nonzero (the
     zero-initialised ones would hide the blocks' work)."""

@@ -100,6 +100,7 @@ def label(s: SamplerConfig) -> str:
     who = "student" if s.name in ("onestep", "multistep") else "teacher"
     default = SamplerConfig(s.name, s.steps, sigma_min=s.sigma_min)
     extra = f" (sigma_max {s.sigma_max:g})" if s.sigma_max != default.sigma_max else ""
+    extra += f" (still {s.still})" if s.still != default.still else ""
     return f"{who} {s.name} {s.evaluations}{extra}"
 
 

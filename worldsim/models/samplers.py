@@ -58,8 +58,16 @@ class SamplerConfig:
     """Starting noise level."""
     rho: float = 7.0
     """Karras schedule curvature."""
+    still: int = 8
+    """A pixel of the drawn frame whose colours all lie within this many uint8 levels of the
+    last frame's keeps the last frame's pixel (0 = off), where a world draws frames (env,
+    play, eval): the faint noise a sampler leaves on a background that does not move is not
+    drawn, so it cannot pile up over long play. A change the game itself makes that small in
+    one step is held back too. (Training targets are drawn without it.)"""
 
     def __post_init__(self):
+        if not 0 <= self.still <= 255:
+            raise ValueError(f"sampler.still must be in [0, 255] uint8 levels, got {self.still}")
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"sampler.steps must be in [1, {MAX_STEPS}], got {self.steps}")
         if not (math.isfinite(self.sigma_max) and math.isfinite(self.rho) and self.rho > 0):

@@ -48,6 +48,7 @@ class Sampler:
             z = randn((B, channels, H, W), generator, obs.device)
             return pack(z, r) if packed else z
 
+        last = obs[:, -C * r * r :] if packed else obs[:, -1]  # before any context noise
         sigma_ctx = torch.full((B,), float(ctx_noise), device=obs.device)
         if ctx_noise > 0:
             z = draw(channels=obs.shape[1] // r**2 if packed else obs.shape[1] * C)
@@ -57,7 +58,27 @@ class Sampler:
         def denoise(x, sigma):
             return self.denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
 
-        return sample(denoise, noise, self.cfg, generator, draw).clamp(-1, 1)
+        x = sample(denoise, noise, self.cfg, generator, draw).clamp(-1, 1)
+        if self.cfg.still:
+            x = keep_still(x, last, self.cfg.still, packed)
+        return x
+
+
+def keep_still(x: torch.Tensor, last: torch.Tensor, levels: int, packed: bool) -> torch.Tensor:
+    """Frames x (B, 3, H, W) in [-1, 1] (or `pack`ed) with every pixel whose three colour
+    values all lie within `levels` uint8 levels of `last`'s set to `last`'s pixel (whole
+    pixels, so that an object drawn in a new place keeps its colour).
+
+    >>> last = torch.zeros(1, 3, 1, 2)
+    >>> x = torch.tensor([[[[0.02, 0.5]], [[0.0, 0.02]], [[0.0, 0.0]]]])  # 2.5 and 64 levels
+    >>> keep_still(x, last, 4, packed=False)[0, :, 0].tolist()
+    [[0.0, 0.5], [0.0, 0.019999999552965164], [0.0, 0.0]]
+    """
+    xs, ls = x.unflatten(1, (3, -1)), last.to(x.dtype).unflatten(1, (3, -1))  # colour first
+    # [-1, 1] spans 255 levels; a value within levels + 1/2 rounds to at most `levels` away
+    near = (xs - ls).abs().amax(1, keepdim=True) <= (levels + 0.5) / 127.5
+    out = torch.where(near, ls, xs).flatten(1, 2)
+    return out.contiguous(memory_format=torch.channels_last) if packed else out
 
 
 class Step(NamedTuple):
