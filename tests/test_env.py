@@ -263,6 +263,11 @@ def test_sampler_and_steps_arguments(tiny_world):
         WorldModelEnv(str(tiny_world), sampler="onestep", steps=4)
     with pytest.raises(ValueError, match=r"sampler.steps must be in \[1, 1000\], got 0"):
         WorldModelEnv(str(tiny_world), sampler="euler", steps=0)
+    # still backgrounds kept by default; off on request, for the teacher's samplers too
+    assert default.still == 8
+    assert WorldModelEnv(str(tiny_world), sampler="euler", still=0).sampler.still == 0
+    with pytest.raises(ValueError, match=r"sampler.still must be in \[0, 255\].*got -1"):
+        WorldModelEnv(str(tiny_world), still=-1)
 
 
 def test_long_rollout_stays_finite_in_range_and_bounded(tiny_world):

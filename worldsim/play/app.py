@@ -36,6 +36,9 @@ class PlayConfig:
     """Sampler evaluations; 0 = the sampler's default."""
     teacher_steps: int = 3
     """Euler steps of the teacher when TAB switches to it."""
+    still: int = 8
+    """Pixels the draw moves by at most this many uint8 levels keep the last frame's (0 = off:
+    the raw draw, faint noise on still backgrounds included)."""
     fps: int = 30
     """Target frames per second (0 = as fast as possible)."""
     scale: int = 8
@@ -111,6 +114,7 @@ class PlaySession:
             cfg.world,
             sampler=cfg.sampler or None,
             steps=cfg.steps or None,
+            still=cfg.still,
             max_episode_steps=10**9,
             device=cfg.device,
             precision=cfg.precision,
@@ -160,7 +164,7 @@ class PlaySession:
     def _teacher_sampler(self):
         from worldsim.models.samplers import SamplerConfig
 
-        return SamplerConfig("euler", self.cfg.teacher_steps)
+        return SamplerConfig("euler", self.cfg.teacher_steps, still=self.cfg.still)
 
     # --- commands ------------------------------------------------------------------------
     def reset(self) -> None:

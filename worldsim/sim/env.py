@@ -106,7 +106,9 @@ class WorldModelEnv(gym.Env):
     ## Arguments
     `world`: a shipped world's name or a world folder. `sampler`/`steps`: how frames are
     drawn (`onestep`, `multistep`, `euler`, `heun`; default one-step when the world has a
-    student). `max_episode_steps` (1000). `render_mode`: `rgb_array` or `human`.
+    student). `still`: pixels the draw moves by at most this many uint8 levels keep the last
+    frame's (default 8; 0 = off; `SamplerConfig.still`). `max_episode_steps` (1000).
+    `render_mode`: `rgb_array` or `human`.
     `end_on_life_loss`: see Episode End. `device`: `cpu` or `cuda`. `precision`: `fp32`
     (default) or `bf16` (the denoiser under bfloat16 autocast: faster batches on CPUs with
     AMX and on GPUs). `frame_size`/`num_actions`: if given, the world must match.
@@ -123,6 +125,7 @@ class WorldModelEnv(gym.Env):
         world: str = "bricks",
         sampler: str | None = None,
         steps: int | None = None,
+        still: int | None = None,
         max_episode_steps: int = 1000,
         render_mode: str | None = None,
         device: str = "cpu",
@@ -138,7 +141,7 @@ class WorldModelEnv(gym.Env):
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         self.bundle = load_checked(world, frame_size, num_actions, device, end_on_life_loss)
-        self.world = World(self.bundle, self.bundle.sampler(sampler, steps), precision)
+        self.world = World(self.bundle, self.bundle.sampler(sampler, steps, still), precision)
         self.render_mode, self.max_episode_steps = render_mode, max_episode_steps
         self.end_on_life_loss = end_on_life_loss
         self._go_on = False  # the last episode ended at a lost life: reset() goes on from there

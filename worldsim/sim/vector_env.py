@@ -41,6 +41,7 @@ class WorldModelVectorEnv(VectorEnv):
         world: str = "bricks",
         sampler: str | None = None,
         steps: int | None = None,
+        still: int | None = None,
         max_episode_steps: int = 1000,
         device: str = "cpu",
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
@@ -79,7 +80,7 @@ class WorldModelVectorEnv(VectorEnv):
                 len(self.bundle.action_meanings),
             )
         )
-        self.world = World(self.bundle, self.bundle.sampler(sampler, steps), precision)
+        self.world = World(self.bundle, self.bundle.sampler(sampler, steps, still), precision)
         self.num_envs, self.max_episode_steps, self.render_mode = (
             num_envs,
             max_episode_steps,

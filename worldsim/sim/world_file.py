@@ -242,10 +242,13 @@ class WorldBundle:
         """Whether the reward/end model predicts lost lives (learned from data with lives)."""
         return _knows_lives(self.meta)
 
-    def sampler(self, name: str | None = None, steps: int | None = None) -> SamplerConfig:
+    def sampler(
+        self, name: str | None = None, steps: int | None = None, still: int | None = None
+    ) -> SamplerConfig:
         """The sampler `name` (euler, heun, onestep, multistep) with `steps` evaluations, set to
         this world's noise levels; by default one-step when the world has a student, else the
-        teacher's 3-step Euler. Steps asked of the default student mean its multistep sampler."""
+        teacher's 3-step Euler. Steps asked of the default student mean its multistep sampler.
+        `still`: see `SamplerConfig.still` (None = its default)."""
         default = "onestep" if self.student is not None else "euler"
         chosen = name or default
         if name is None and chosen == "onestep" and steps not in (None, 1):
@@ -257,7 +260,8 @@ class WorldBundle:
             raise ValueError(f"sampler 'onestep' takes one step, got steps={steps} (use multistep)")
         if steps is None:
             steps = 1 if chosen == "onestep" else 3
-        return self.fit_sampler(SamplerConfig(known[chosen], steps))
+        kept = {} if still is None else {"still": still}
+        return self.fit_sampler(SamplerConfig(known[chosen], steps, **kept))
 
     def fit_sampler(self, cfg: SamplerConfig) -> SamplerConfig:
         """`cfg` at the noise levels its network was trained for: a student sampler takes the
