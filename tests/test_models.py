@@ -225,21 +225,12 @@ def test_packed_sampling_draws_the_plain_frames(name, ctx_noise):
     """Drawing with a packed context (World's state) uses the same noise, drawn as for plain
     frames and packed, so it gives the plain path's frames: re-noising samplers and a
     noised context included."""
-    from worldsim.models.denoiser import Denoiser, DenoiserConfig
     from worldsim.models.unet import pack, unpack
     from worldsim.sim.world import Sampler
 
-    torch.manual_seed(0)
-    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)
-    D = Denoiser(
-        DenoiserConfig(context=2, unet=unet), num_actions=3, parameterization="consistency"
-    )
-    for p in D.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+    D = _random_student(std=0.2)
     obs, act = torch.rand(3, 2, 3, 32, 32) * 2 - 1, torch.randint(0, 3, (3, 2))
-    cfg = SamplerConfig(name, 3)
-    gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
-    draw = Sampler(D, cfg)
+    draw, gens = Sampler(D, SamplerConfig(name, 3, still=0)), _three_generators
     plain = draw(obs, act, gens(), ctx_noise=ctx_noise)
     packed = draw(pack(obs.reshape(3, 6, 32, 32), 2), act, gens(), ctx_noise=ctx_noise, packed=True)
     assert packed.shape == (3, 12, 16, 16)
@@ -251,19 +242,11 @@ def test_still_keeps_the_last_frame_where_the_draw_moves_less(packed):
     """`sampler.still`: a pixel whose three colours all move at most that many levels from
     the last frame keeps the last frame's pixel exactly; every other pixel is the frame the
     sampler draws without it, from the same noise (plain and packed alike)."""
-    from worldsim.models.denoiser import Denoiser, DenoiserConfig
     from worldsim.models.unet import pack, unpack
     from worldsim.sim.world import Sampler
 
-    torch.manual_seed(0)
-    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)
-    D = Denoiser(
-        DenoiserConfig(context=2, unet=unet), num_actions=3, parameterization="consistency"
-    )
-    for p in D.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    D, gens = _random_student(std=0.05), _three_generators
     obs, act = torch.rand(3, 2, 3, 32, 32) * 0.2 - 0.1, torch.randint(0, 3, (3, 2))
-    gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
 
     def draw(still: int) -> torch.Tensor:
         if not packed:
@@ -279,6 +262,24 @@ def test_still_keeps_the_last_frame_where_the_draw_moves_less(packed):
     torch.testing.assert_close(kept[~near], raw[~near])
     with pytest.raises(ValueError, match="sampler.still"):
         SamplerConfig("onestep", 1, still=256)
+
+
+def _random_student(std: float):
+    """A tiny one-step student (stem 2, context 2, 3 actions) with random weights."""
+    from worldsim.models.denoiser import Denoiser, DenoiserConfig
+
+    torch.manual_seed(0)
+    unet = UNetConfig(channels=(8, 16), attention=(False, True), cond_dim=16, stem=2)
+    D = Denoiser(
+        DenoiserConfig(context=2, unet=unet), num_actions=3, parameterization="consistency"
+    )
+    for p in D.parameters():
+        torch.nn.init.normal_(p, std=std)
+    return D
+
+
+def _three_generators() -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in range(3)]
 
 
 def _random_nets(stem: int, residual: bool = False):
