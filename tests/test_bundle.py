@@ -34,6 +34,25 @@ def test_bundle_is_self_contained_and_loads(world):
     assert meta["source"]["step"] == 2
 
 
+def test_still_level_is_chosen_on_training_play_or_set(world, small_run, tmp_path, capsys):
+    """A world draws with the `still` level chosen for it when bundled (or the one given);
+    a sampler that names its own level keeps it."""
+    from worldsim.models.samplers import SamplerConfig
+    from worldsim.sim.world import World
+    from worldsim.training.calibration import STILL_LEVELS
+
+    chosen = json.loads((world / "world.json").read_text())["still"]
+    assert chosen in STILL_LEVELS
+    w = load_world(world)
+    assert World(w).sampler.still == chosen
+    assert World(w, SamplerConfig("euler", 2, still=0)).sampler.still == 0
+    out = tmp_path / "set"
+    assert main(["bundle", f"run={small_run}", f"out={out}", "starts=5", "still=5"]) == 0
+    assert load_world(out).sampler().still == 5
+    assert main(["bundle", f"run={small_run}", f"out={out}", "still=300"]) == 2
+    assert "still must be empty or a level in [0, 255], got 300" in capsys.readouterr().err
+
+
 def test_bundle_never_overwrites_unless_asked(world, small_run, capsys):
     assert main(["bundle", f"run={small_run}", f"out={world}"]) == 2
     assert "exists; pass overwrite=true" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from worldsim.files import CheckpointError
 from worldsim.models.samplers import SamplerConfig
 from worldsim.sim.env import WorldModelEnv
 from worldsim.sim.vector_env import WorldModelVectorEnv
+from worldsim.sim.world_file import load_world
 
 
 def test_gymnasium_check_env(tiny_world):
@@ -263,8 +264,9 @@ def test_sampler_and_steps_arguments(tiny_world):
         WorldModelEnv(str(tiny_world), sampler="onestep", steps=4)
     with pytest.raises(ValueError, match=r"sampler.steps must be in \[1, 1000\], got 0"):
         WorldModelEnv(str(tiny_world), sampler="euler", steps=0)
-    # still backgrounds kept by default; off on request, for the teacher's samplers too
-    assert default.still == 8
+    # still backgrounds kept at the world's own level by default; off on request, for the
+    # teacher's samplers too
+    assert default.still == load_world(tiny_world).still
     assert WorldModelEnv(str(tiny_world), sampler="euler", still=0).sampler.still == 0
     with pytest.raises(ValueError, match=r"sampler.still must be in \[0, 255\].*got -1"):
         WorldModelEnv(str(tiny_world), still=-1)

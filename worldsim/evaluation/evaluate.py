@@ -26,7 +26,7 @@ from worldsim.evaluation.inverse_dynamics import action_recovery, train_idm
 from worldsim.evaluation.metrics import moving_mask, psnr, sharpness, ssim
 from worldsim.evaluation.rollout import copy_last, rollout
 from worldsim.files import atomic_write_json
-from worldsim.models.samplers import SamplerConfig
+from worldsim.models.samplers import DEFAULT_STILL, SamplerConfig
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.runtime import check_precision, resolve_device
 from worldsim.sim.world import World
@@ -100,7 +100,7 @@ def label(s: SamplerConfig) -> str:
     who = "student" if s.name in ("onestep", "multistep") else "teacher"
     default = SamplerConfig(s.name, s.steps, sigma_min=s.sigma_min)
     extra = f" (sigma_max {s.sigma_max:g})" if s.sigma_max != default.sigma_max else ""
-    extra += f" (still {s.still})" if s.still != default.still else ""
+    extra += f" (still {s.still})" if s.still not in (None, DEFAULT_STILL) else ""
     return f"{who} {s.name} {s.evaluations}{extra}"
 
 

@@ -44,6 +44,10 @@ def randn(shape, generator: Generators = None, device=None, dtype=None) -> torch
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
+DEFAULT_STILL = 8
+"""`SamplerConfig.still` of a world that did not choose its own."""
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """How a frame is drawn."""
@@ -58,15 +62,17 @@ class SamplerConfig:
     """Starting noise level."""
     rho: float = 7.0
     """Karras schedule curvature."""
-    still: int = 8
+    still: int | None = None
     """A pixel of the drawn frame whose colours all lie within this many uint8 levels of the
     last frame's keeps the last frame's pixel (0 = off), where a world draws frames (env,
     play, eval): the faint noise a sampler leaves on a background that does not move is not
     drawn, so it cannot pile up over long play. A change the game itself makes that small in
-    one step is held back too. (Training targets are drawn without it.)"""
+    one step is held back too. (Training targets are drawn without it.) Empty = the world's
+    own level, chosen on its training play when it was bundled (`DEFAULT_STILL` for worlds
+    bundled before)."""
 
     def __post_init__(self):
-        if not 0 <= self.still <= 255:
+        if self.still is not None and not 0 <= self.still <= 255:
             raise ValueError(f"sampler.still must be in [0, 255] uint8 levels, got {self.still}")
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"sampler.steps must be in [1, {MAX_STEPS}], got {self.steps}")

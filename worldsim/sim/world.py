@@ -9,7 +9,7 @@ from torch import nn
 
 from worldsim.models.denoiser import Denoiser, DenoiserConfig
 from worldsim.models.prepare import prepare
-from worldsim.models.samplers import Generators, SamplerConfig, randn, sample
+from worldsim.models.samplers import DEFAULT_STILL, Generators, SamplerConfig, randn, sample
 from worldsim.models.unet import pack, unpack
 from worldsim.models.world_model import to_uint8, to_unit
 from worldsim.runtime import check_precision, keep_freed_memory, warn_if_bf16_emulated
@@ -59,8 +59,9 @@ class Sampler:
             return self.denoiser(x, sigma, obs, act, sigma_ctx, packed=packed)
 
         x = sample(denoise, noise, self.cfg, generator, draw).clamp(-1, 1)
-        if self.cfg.still:
-            x = keep_still(x, last, self.cfg.still, packed)
+        still = DEFAULT_STILL if self.cfg.still is None else self.cfg.still
+        if still:
+            x = keep_still(x, last, still, packed)
         return x
 
 

@@ -24,7 +24,7 @@ from worldsim import files
 from worldsim.config import ConfigError, from_dict
 from worldsim.files import FORMAT_VERSION, CheckpointError, load_json
 from worldsim.models.denoiser import Denoiser
-from worldsim.models.samplers import SAMPLER_NAMES, SamplerConfig
+from worldsim.models.samplers import DEFAULT_STILL, SAMPLER_NAMES, SamplerConfig
 from worldsim.models.world_model import ModelConfig, WorldModel
 
 WORLDS_DIR = Path(__file__).parent.parent / "worlds"  # worlds shipped inside the package
@@ -71,6 +71,7 @@ class WorldMeta:
     env: dict = field(default_factory=dict)
     student: StudentMeta | None = None
     thresholds: dict = field(default_factory=dict)
+    still: int | None = None
     checksums: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -94,6 +95,8 @@ class WorldMeta:
             raise ValueError(
                 f"reward_values must be 1 to 32 finite numbers, got {list(self.reward_values)[:40]}"
             )
+        if self.still is not None and not (isinstance(self.still, int) and 0 <= self.still <= 255):
+            raise ValueError(f"still must be empty or a level in [0, 255], got {self.still!r}")
         for name, t in self.thresholds.items():
             if (
                 name not in ("end", "life")
@@ -263,9 +266,17 @@ class WorldBundle:
         kept = {} if still is None else {"still": still}
         return self.fit_sampler(SamplerConfig(known[chosen], steps, **kept))
 
+    @property
+    def still(self) -> int:
+        """The `SamplerConfig.still` level this world draws with unless told otherwise."""
+        return int(self.meta.get("still", DEFAULT_STILL))
+
     def fit_sampler(self, cfg: SamplerConfig) -> SamplerConfig:
-        """`cfg` at the noise levels its network was trained for: a student sampler takes the
-        student's sigma_min and sigma_max (and needs a world with a student)."""
+        """`cfg` at the noise levels its network was trained for (a student sampler takes the
+        student's sigma_min and sigma_max, and needs a world with a student), with the
+        world's own `still` level where `cfg` names none."""
+        if cfg.still is None:
+            cfg = dataclasses.replace(cfg, still=self.still)
         if not cfg.uses_student:
             return cfg
         if self.student is None:

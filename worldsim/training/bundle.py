@@ -20,7 +20,7 @@ from worldsim.config import from_dict
 from worldsim.data.store import Dataset, load_fields
 from worldsim.models.world_model import ModelConfig, WorldModel
 from worldsim.sim import world_file
-from worldsim.training.calibration import calibrate
+from worldsim.training.calibration import calibrate, choose_still
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,17 @@ class BundleConfig:
     """Real starting contexts to include (episode starts of the run's training data)."""
     overwrite: bool = False
     """Replace an existing world folder."""
+    still: int | None = None
+    """The world's `sampler.still` level (pixels its draw moves by at most this many uint8
+    levels keep the last frame's); empty = chosen on the training play, the level whose
+    frames come nearest the real ones without losing more than 1 dB on the moving pixels
+    (`worldsim.training.calibration.choose_still`)."""
 
     def __post_init__(self):
         if self.starts < 1:
             raise ValueError(f"starts must be >= 1, got {self.starts}")
+        if self.still is not None and not 0 <= self.still <= 255:
+            raise ValueError(f"still must be empty or a level in [0, 255], got {self.still}")
 
 
 def bundle(cfg: BundleConfig) -> Path:
@@ -91,31 +98,45 @@ def bundle(cfg: BundleConfig) -> Path:
         files.save_tensors(tmp / "teacher.safetensors", teacher)
         files.save_tensors(tmp / "starts.safetensors", {"frames": frames, "actions": actions})
 
-    return _write_world(out, meta, cfg.student, write_files)
+    return _write_world(out, meta, cfg, write_files, ds)
 
 
 def _rebundle(src: Path, cfg: BundleConfig, out: Path) -> Path:
     """A world from another world folder: same teacher and starts, the student of `cfg.student`."""
     meta = files.load_json(src / "world.json")
     meta.pop("student", None)
+    data = Path(meta.get("source", {}).get("data", ""))
+    ds = Dataset.open(data) if str(data) and (data / "manifest.json").exists() else None
 
     def write_files(tmp: Path) -> None:
         for name in ("teacher.safetensors", "starts.safetensors"):
             shutil.copy2(src / name, tmp / name)
 
-    return _write_world(out, meta, cfg.student, write_files)
+    return _write_world(out, meta, cfg, write_files, ds)
 
 
-def _write_world(out: Path, meta: dict, student: str, write_files) -> Path:
-    """Write a world folder under a temporary name, then put it in place of `out`."""
+def _write_world(out: Path, meta: dict, cfg: BundleConfig, write_files, ds: Dataset | None) -> Path:
+    """Write a world folder under a temporary name, then put it in place of `out`. Its
+    `still` level is `cfg.still`, or chosen on `ds`'s training play (kept as it was when
+    there is none)."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         write_files(tmp)
-        if student:
-            meta["student"] = _write_student(Path(student), meta, tmp / "student.safetensors")
+        if cfg.student:
+            meta["student"] = _write_student(Path(cfg.student), meta, tmp / "student.safetensors")
         meta["checksums"] = files.checksums(tmp)
+        if cfg.still is not None:
+            meta["still"] = cfg.still
+        elif ds is not None:
+            files.write_json(tmp / "world.json", meta)  # (choose_still loads the world)
+            meta["still"], scores = choose_still(tmp, ds)
+            tried = ", ".join(f"{k}: {w:.1f} / {m:.1f}" for k, (w, m) in scores.items())
+            print(
+                f"still: {meta['still']} levels (one-step PSNR whole / moving on training "
+                f"play, by level: {tried})"
+            )
         files.write_json(tmp / "world.json", meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # leave nothing half-written behind

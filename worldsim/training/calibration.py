@@ -7,13 +7,15 @@ chosen where it predicts best (F1) on real transitions, instead of at probabilit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.models.reward import best_threshold
-from worldsim.models.world_model import WorldModel, to_unit
+from worldsim.models.world_model import WorldModel, to_uint8, to_unit
 
 
 @torch.no_grad()
@@ -91,3 +93,51 @@ def end_scores(
         out[f"{name}_false_per_1k"] = 1000 * fp / float(weights.sum())
         out[f"{name}_seen"] = int(real.sum())
     return out
+
+
+STILL_LEVELS = (0, 4, 8, 16, 32, 48, 64)
+"""The `SamplerConfig.still` levels a world is bundled choosing from."""
+
+
+@torch.no_grad()
+def choose_still(
+    world_dir: Path, ds: Dataset, n: int = 256, seed: int = 0, moving_loss: float = 1.0
+) -> tuple[int, dict[int, tuple[float, float]]]:
+    """The `still` level a world draws best with: the one of `STILL_LEVELS` whose next frames
+    (the world's default sampler, from real context, on `n` transitions of `ds`'s training
+    play) are nearest the real ones over the whole frame, of those that keep the moving
+    pixels' PSNR within `moving_loss` dB of the raw draw's. Returns it, and each level's
+    (whole, moving) PSNR."""
+    from worldsim.evaluation.metrics import moving_mask, psnr
+    from worldsim.sim.world import World, keep_still
+    from worldsim.sim.world_file import load_world
+
+    bundle = load_world(world_dir)
+    world = World(bundle, bundle.sampler(still=0))
+    seg = SegmentSampler(ds, "train", bundle.context).sample(n, np.random.default_rng(seed))
+    gen = torch.Generator().manual_seed(seed)
+    obs, act, K = to_unit(seg.obs), seg.act, bundle.context
+    drawn = torch.cat(
+        [world.draw(obs[i : i + 64, :K], act[i : i + 64], gen) for i in range(0, n, 64)]
+    )
+    last, real = obs[:, K - 1], seg.obs[:, K]
+    mask = moving_mask(seg.obs[:, K - 1], real)
+    scores = {}
+    for level in STILL_LEVELS:
+        x = to_uint8(keep_still(drawn, last, level, packed=False)) if level else to_uint8(drawn)
+        scores[level] = (psnr(x, real).mean().item(), psnr(x, real, mask).nanmean().item())
+    return pick_still(scores, moving_loss), scores
+
+
+def pick_still(scores: dict[int, tuple[float, float]], moving_loss: float = 1.0) -> int:
+    """The level (a key of `scores`: level -> (whole, moving) PSNR; 0 = the raw draw) with
+    the best whole-frame PSNR of those within `moving_loss` dB of the raw draw's moving
+    pixels (a NaN moving PSNR, no pixel moving, does not rule a level out).
+
+    >>> pick_still({0: (30.0, 20.0), 8: (35.0, 19.5), 16: (36.0, 18.0)})
+    8
+    >>> pick_still({0: (30.0, 20.0), 8: (29.0, 20.0)})
+    0
+    """
+    floor = scores[0][1] - moving_loss
+    return max((lv for lv in scores if not scores[lv][1] < floor), key=lambda lv: scores[lv][0])
