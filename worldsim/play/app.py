@@ -36,9 +36,9 @@ class PlayConfig:
     """Sampler evaluations; 0 = the sampler's default."""
     teacher_steps: int = 3
     """Euler steps of the teacher when TAB switches to it."""
-    still: int = 8
+    still: int | None = None
     """Pixels the draw moves by at most this many uint8 levels keep the last frame's (0 = off:
-    the raw draw, faint noise on still backgrounds included)."""
+    the raw draw, faint noise on still backgrounds included); empty = the world's own level."""
     fps: int = 30
     """Target frames per second (0 = as fast as possible)."""
     scale: int = 8

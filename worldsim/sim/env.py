@@ -107,8 +107,8 @@ class WorldModelEnv(gym.Env):
     `world`: a shipped world's name or a world folder. `sampler`/`steps`: how frames are
     drawn (`onestep`, `multistep`, `euler`, `heun`; default one-step when the world has a
     student). `still`: pixels the draw moves by at most this many uint8 levels keep the last
-    frame's (default 8; 0 = off; `SamplerConfig.still`). `max_episode_steps` (1000).
-    `render_mode`: `rgb_array` or `human`.
+    frame's (default: the world's own level; 0 = off; `SamplerConfig.still`).
+    `max_episode_steps` (1000). `render_mode`: `rgb_array` or `human`.
     `end_on_life_loss`: see Episode End. `device`: `cpu` or `cuda`. `precision`: `fp32`
     (default) or `bf16` (the denoiser under bfloat16 autocast: faster batches on CPUs with
     AMX and on GPUs). `frame_size`/`num_actions`: if given, the world must match.
