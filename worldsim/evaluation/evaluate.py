@@ -55,7 +55,8 @@ class EvalConfig:
     folder, not inside the installed package)."""
     samplers: tuple[SamplerConfig, ...] = field(default_factory=lambda: DEFAULT_SAMPLERS)
     """Samplers to score (student ones are skipped when the world has no student); e.g.
-    'samplers=[{name:onestep,steps:1},{name:euler,steps:3}]'."""
+    'samplers=[{name:onestep,steps:1},{name:euler,steps:3}]'. Each draws with the world's
+    own `still` level unless it names one ({name:onestep,steps:1,still:0}: the raw draw)."""
     starts: int = 32
     """Held-out starting points."""
     horizon: int = 64
