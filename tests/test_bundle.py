@@ -1,6 +1,7 @@
 """World bundles: self-contained, loadable by path, refused with one clear message when damaged."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def test_bundle_is_self_contained_and_loads(world):
 def test_still_level_is_chosen_on_training_play_or_set(world, small_run, tmp_path, capsys):
     """A world draws with the `still` level chosen for it when bundled (or the one given);
     a sampler that names its own level keeps it."""
-    from worldsim.models.samplers import SamplerConfig
+    from worldsim.models.samplers import DEFAULT_STILL, SamplerConfig
     from worldsim.sim.world import World
     from worldsim.training.calibration import STILL_LEVELS
 
@@ -46,6 +47,13 @@ def test_still_level_is_chosen_on_training_play_or_set(world, small_run, tmp_pat
     w = load_world(world)
     assert World(w).sampler.still == chosen
     assert World(w, SamplerConfig("euler", 2, still=0)).sampler.still == 0
+    # a world bundled before worlds chose a level draws with the default one
+    meta = json.loads((world / "world.json").read_text())
+    del meta["still"]
+    old = tmp_path / "old"
+    shutil.copytree(world, old)
+    (old / "world.json").write_text(json.dumps(meta))
+    assert World(load_world(old)).sampler.still == DEFAULT_STILL
     out = tmp_path / "set"
     assert main(["bundle", f"run={small_run}", f"out={out}", "starts=5", "still=5"]) == 0
     assert load_world(out).sampler().still == 5

@@ -269,7 +269,8 @@ class WorldBundle:
     @property
     def still(self) -> int:
         """The `SamplerConfig.still` level this world draws with unless told otherwise."""
-        return int(self.meta.get("still", DEFAULT_STILL))
+        still = self.meta.get("still")  # (None in worlds bundled before they chose one)
+        return DEFAULT_STILL if still is None else int(still)
 
     def fit_sampler(self, cfg: SamplerConfig) -> SamplerConfig:
         """`cfg` at the noise levels its network was trained for (a student sampler takes the
