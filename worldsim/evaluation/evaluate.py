@@ -97,11 +97,12 @@ class EvalConfig:
             raise ValueError(f"starts and horizon must be >= 1, got {self.starts}, {self.horizon}")
 
 
-def label(s: SamplerConfig) -> str:
+def label(s: SamplerConfig, world_still: int = DEFAULT_STILL) -> str:
+    """How the report names a sampler (its still level only where it is not the world's)."""
     who = "student" if s.name in ("onestep", "multistep") else "teacher"
     default = SamplerConfig(s.name, s.steps, sigma_min=s.sigma_min)
     extra = f" (sigma_max {s.sigma_max:g})" if s.sigma_max != default.sigma_max else ""
-    extra += f" (still {s.still})" if s.still not in (None, DEFAULT_STILL) else ""
+    extra += f" (still {s.still})" if s.still not in (None, world_still) else ""
     return f"{who} {s.name} {s.evaluations}{extra}"
 
 
@@ -277,8 +278,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     for s in tqdm([s for s in samplers if s is not None], desc="eval", unit="sampler"):
         world, gen = World(bundle, s, P), torch.Generator(device).manual_seed(cfg.seed)
         g = rollout(functools.partial(world.draw, generator=gen), b.obs, b.act, K, H)
-        videos[label(s)] = g
-        report["samplers"][label(s)] = {
+        videos[label(s, bundle.still)] = g
+        report["samplers"][label(s, bundle.still)] = {
             "sampler": asdict(s),
             "autoregressive": scores(g, b.obs, K),
             "teacher_forced": teacher_forced(world, b.obs, b.act, K, gen),
@@ -336,11 +337,11 @@ def _long_play(report: dict, cfg: EvalConfig, bundle: WorldBundle, samplers, ds:
     cheap = [s for s in samplers if s.evaluations <= 3]  # (10-step Euler would take minutes)
     for s in tqdm(cheap, desc="long play", unit="sampler"):
         frames = rules.dream_play(World(bundle, s, cfg.precision), actions, cfg.seed)
-        report["realism"][label(s)] = _buckets(
+        report["realism"][label(s, bundle.still)] = _buckets(
             list(rules.nearest_real_distance(frames[:, 1:], bank))
         )
         if check is not None:
-            report["rules"][label(s)] = check(frames, actions)
+            report["rules"][label(s, bundle.still)] = check(frames, actions)
 
 
 REALISM_BUCKETS = ((1, 10), (11, 100), (101, 1000))

@@ -108,7 +108,6 @@ def choose_still(
     play) are nearest the real ones over the whole frame, of those that keep the moving
     pixels' PSNR within `moving_loss` dB of the raw draw's. Returns it, and each level's
     (whole, moving) PSNR."""
-    from worldsim.evaluation.metrics import moving_mask, psnr
     from worldsim.sim.world import World, keep_still
     from worldsim.sim.world_file import load_world
 
@@ -121,11 +120,11 @@ def choose_still(
         [world.draw(obs[i : i + 64, :K], act[i : i + 64], gen) for i in range(0, n, 64)]
     )
     last, real = obs[:, K - 1], seg.obs[:, K]
-    mask = moving_mask(seg.obs[:, K - 1], real)
+    mask = (seg.obs[:, K - 1].float() - real.float()).abs().amax(1) > 0  # the moving pixels
     scores = {}
     for level in STILL_LEVELS:
         x = to_uint8(keep_still(drawn, last, level, packed=False)) if level else to_uint8(drawn)
-        scores[level] = (psnr(x, real).mean().item(), psnr(x, real, mask).nanmean().item())
+        scores[level] = (_psnr(x, real).mean().item(), _psnr(x, real, mask).nanmean().item())
     return pick_still(scores, moving_loss), scores
 
 
@@ -141,3 +140,12 @@ def pick_still(scores: dict[int, tuple[float, float]], moving_loss: float = 1.0)
     """
     floor = scores[0][1] - moving_loss
     return max((lv for lv in scores if not scores[lv][1] < floor), key=lambda lv: scores[lv][0])
+
+
+def _psnr(x: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample PSNR (dB, capped at 60) of uint8 frames (N, 3, H, W), over the pixels of
+    `mask` (N, H, W) where given (NaN where it is empty), as `worldsim eval` scores it."""
+    err = (x.float() - real.float()) ** 2
+    m = torch.ones_like(err[:, :1]) if mask is None else mask[:, None].float()
+    mse = (err * m).sum((1, 2, 3)) / (3 * m.sum((1, 2, 3)))
+    return (10 * torch.log10(255.0**2 / mse)).clamp(max=60.0)
