@@ -3,6 +3,8 @@
 Episode ends and lost lives are rare (Pong ends once in ~800 steps), so the end model is
 trained with its positive class up-weighted, and its logits are then read with a threshold
 chosen where it predicts best (F1) on real transitions, instead of at probability one half.
+The level below which a drawn pixel keeps the last frame's (`SamplerConfig.still`) is chosen
+on the training play too (`choose_still`).
 """
 
 from __future__ import annotations
