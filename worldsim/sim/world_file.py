@@ -251,7 +251,7 @@ class WorldBundle:
         """The sampler `name` (euler, heun, onestep, multistep) with `steps` evaluations, set to
         this world's noise levels; by default one-step when the world has a student, else the
         teacher's 3-step Euler. Steps asked of the default student mean its multistep sampler.
-        `still`: see `SamplerConfig.still` (None = its default)."""
+        `still`: see `SamplerConfig.still` (None = the world's own level)."""
         default = "onestep" if self.student is not None else "euler"
         chosen = name or default
         if name is None and chosen == "onestep" and steps not in (None, 1):
@@ -263,8 +263,7 @@ class WorldBundle:
             raise ValueError(f"sampler 'onestep' takes one step, got steps={steps} (use multistep)")
         if steps is None:
             steps = 1 if chosen == "onestep" else 3
-        kept = {} if still is None else {"still": still}
-        return self.fit_sampler(SamplerConfig(known[chosen], steps, **kept))
+        return self.fit_sampler(SamplerConfig(known[chosen], steps, still=still))
 
     @property
     def still(self) -> int:
