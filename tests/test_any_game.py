@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 
-from worldsim.config import load_config
+from worldsim.config import ConfigError, load_config
 from worldsim.data.segments import SegmentSampler
 from worldsim.data.store import Dataset, Episode
 from worldsim.games import EnvConfig
@@ -200,17 +200,52 @@ def test_end_head_learns_rare_ends_and_rewards_and_its_threshold_is_calibrated(t
     args = [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "steps=120", "batch_size=32"]
     train(load_config("train", TrainConfig, args))
     trainer = Trainer(load_config("train", TrainConfig, [*args, "resume=true"]))
-    assert trainer.model.end_weight == pytest.approx(math.sqrt(199))  # 1 end in 200 steps
+    # the ends and the exit's reward come in the events drawn beside each batch, so their
+    # losses are not weighted up as well
+    assert trainer.n_events == 16 and trainer.model.end_weight == 1.0
     model = trainer.ema.eval()
     thresholds = calibrate(model, ds)
     test = SegmentSampler(ds, "test", model.cfg.denoiser.context)
     scores = end_scores(model, test, thresholds)
     assert scores["end_seen"] == 3
     assert scores["end_recall"] > 0.9 and scores["end_precision"] > 0.9
-    # the exit's reward, as rare as the end, is learned too (its class weighed up)
-    assert trainer.model.reward_weight.tolist() == pytest.approx([1.0, math.sqrt(199)])
+    # the exit's reward, as rare as the end, is learned too
     assert scores["reward_seen"] == 3
     assert scores["reward_recall"] > 0.9 and scores["reward_precision"] > 0.9
+
+
+def test_without_events_the_rare_classes_are_weighed_up(tmp_path):
+    ds = dot_game(tmp_path / "dot", episodes=4, length=200, end_frame=True, end_reward=1.0)
+    args = [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "events=0"]
+    trainer = Trainer(load_config("train", TrainConfig, args))
+    assert trainer.n_events == 0 and not trainer.events
+    assert trainer.model.end_weight == pytest.approx(math.sqrt(199))  # 1 end in 200 steps
+    assert trainer.model.reward_weight.tolist() == pytest.approx([1.0, math.sqrt(199)])
+    assert len(trainer._batch(0).obs) == trainer.cfg.batch_size
+
+
+def test_events_are_drawn_in_equal_shares_beside_the_batch(tmp_path):
+    ds = dot_game(tmp_path / "dot", episodes=4, length=200, end_frame=True, end_reward=1.0)
+    data = SegmentSampler(ds, "train", 2)
+    n = len(data.entries)  # episodes, each ending once, paying 1 there
+    kinds = data.events()  # the ends, then the reward (no lives in this game)
+    assert [len(k) for k in kinds] == [n, n] and (kinds[0] == kinds[1]).all()
+    seg = data.sample_events(10, np.random.default_rng(0), kinds)
+    assert seg.end[:, 0].all() and (seg.rew[:, 0] == 1).all()
+    # a game with lives: an end, a lost life and two reward values, one of each in turn
+    _, rews, ends, lost = data.flat
+    rews[5], rews[6], lost[7] = 2.0, 1.0, True
+    kinds = data.events()
+    assert [len(k) for k in kinds] == [n, 1, n + 1, 1]
+    seg = data.sample_events(8, np.random.default_rng(1), kinds)
+    assert int((seg.life & ~seg.end).sum()) == 2
+    assert 2 <= int(seg.end.sum()) <= 4  # the ends, and the 1s paid at the ends
+    assert int((seg.rew == 2).sum()) == 2
+    args = [f"data={ds.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, "batch_size=8"]
+    trainer = Trainer(load_config("train", TrainConfig, args))
+    assert len(trainer._batch(0).obs) == 8 + 4  # events=0.5 of the batch, for the reward model
+    with pytest.raises(ConfigError, match="events must be in"):
+        load_config("train", TrainConfig, [*args, "events=-1"])
 
 
 def test_rare_rewards_are_all_scored_by_the_eval(tmp_path):

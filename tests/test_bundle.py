@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +34,9 @@ def test_bundle_is_self_contained_and_loads(world):
     assert not w.model.training
     meta = json.loads((world / "world.json").read_text())
     assert meta["source"]["step"] == 2
+    # the game is made as the data recorded it, though the run was given only `data=`
+    game = json.loads((Path(meta["source"]["data"]) / "manifest.json").read_text())["game"]
+    assert game["frame_size"] == 32 and meta["env"] == game
 
 
 def test_still_level_is_chosen_on_training_play_or_set(world, small_run, tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_TRAIN
 
 from worldsim import files
-from worldsim.config import load_config
+from worldsim.config import ConfigError, load_config
 from worldsim.data.collect import play_episode
 from worldsim.data.store import DataError, Dataset, Episode, load_episode, save_episode
 from worldsim.games import EnvConfig, make_env
@@ -136,13 +136,22 @@ def test_init_from_a_world_of_another_denoiser_is_refused(bricks32, tmp_path):
             f"data={bricks32.root}",
             f"out={tmp_path / 'r'}",
             "init=bricks",
-            "reward_only=true",
             *TINY_TRAIN,
         ],
     )
     with pytest.raises(files.CheckpointError, match="denoiser config differs"):
         Trainer(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_reward_only_run_takes_its_init_denoiser_config(bricks32, tiny_world, tmp_path):
+    """The denoiser is kept as it is, so its config need not be restated (the default model
+    config names a larger one)."""
+    args = [f"data={bricks32.root}", f"out={tmp_path / 'r'}", f"init={tiny_world}"]
+    trainer = Trainer(load_config("train", TrainConfig, [*args, "reward_only=true"]))
+    assert trainer.model_cfg.denoiser == load_world(tiny_world).model.cfg.denoiser
+    with pytest.raises(files.CheckpointError, match="denoiser config differs"):
+        Trainer(load_config("train", TrainConfig, [*args, f"out={tmp_path / 'r2'}"]))
 
 
 def test_a_fine_tune_may_weigh_the_moving_pixels_differently_from_its_init(
@@ -390,3 +399,26 @@ def test_a_fine_tune_that_weighs_rare_ends_otherwise_keeps_its_init_reward_model
                 assert len(v) == keep
                 v, want = v[:n], want[:n]
             assert torch.equal(v, want), k
+
+
+def test_a_reward_model_may_learn_from_the_world_s_own_draws(bricks32, tiny_world, tmp_path):
+    """drawn=0.5: every other next frame the reward/end model learns from is the init
+    world's one-step draw from the real context, the labels still the real step's."""
+    from worldsim.sim.world import World
+
+    args = [f"data={bricks32.root}", f"out={tmp_path / 'r'}", *TINY_TRAIN, f"init={tiny_world}"]
+    args += ["steps=2", "batch_size=8"]
+    trainer = Trainer(load_config("train", TrainConfig, [*args, "reward_only=true", "drawn=0.5"]))
+    batch = trainer._batch(0)
+    K = trainer.model_cfg.denoiser.context
+    gen = torch.Generator().manual_seed(3)
+    obs = trainer.with_drawn(batch.obs, batch.act, gen)
+    world = World(load_world(tiny_world))
+    ctx = obs[1::2, :K].float() / 127.5 - 1
+    expected = world.draw(ctx, batch.act[1::2, :K], gen.manual_seed(3))
+    assert torch.equal(obs[::2], batch.obs[::2]) and torch.equal(obs[:, :K], batch.obs[:, :K])
+    assert torch.equal(obs[1::2, K], (expected.add(1).mul(127.5).round().clamp(0, 255)).byte())
+    trainer.fit()  # and it trains
+    for bad in (["drawn=0.5"], ["reward_only=true", "drawn=2"]):
+        with pytest.raises(ConfigError, match="drawn"):
+            load_config("train", TrainConfig, [*args, *bad])

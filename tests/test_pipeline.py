@@ -1,5 +1,7 @@
 """`worldsim pipeline`: game -> world in one command; a second run skips finished stages."""
 
+import json
+
 import pytest
 
 from worldsim.cli import main
@@ -11,6 +13,7 @@ TINY = [
     "preset.test_fraction=0.34",
     "preset.train_steps=3",
     "preset.distill_steps=2",
+    "preset.reward_steps=2",
     "preset.batch_size=4",
     "preset.eval_starts=2",
     "preset.eval_horizon=2",
@@ -26,7 +29,11 @@ def test_pipeline_makes_a_playable_world_and_resumes(tmp_path, capsys):
     root = tmp_path / "p"
     assert main(["pipeline", f"root={root}", *TINY]) == 0
     first = capsys.readouterr().out
-    assert "[1/5] collect" in first and "world ready" in first
+    assert "[1/6] collect" in first and "world ready" in first
+    # the reward/end model was fitted to the world's own drawings, and the world took it
+    assert "[5/6] fit the reward/end model to the world's drawings" in first
+    meta = json.loads((root / "world" / "world.json").read_text())
+    assert meta["source"]["run"] == str((root / "reward").resolve()) and "student" in meta
     assert (root / "world" / "world.json").exists() and (
         root / "world" / "student.safetensors"
     ).exists()
@@ -34,7 +41,8 @@ def test_pipeline_makes_a_playable_world_and_resumes(tmp_path, capsys):
     assert main(["pipeline", f"root={root}", *TINY]) == 0
     second = capsys.readouterr().out
     assert (
-        "[1/5] collect" not in second
+        "[1/6] collect" not in second
+        and "[5/6]" not in second
         and "train the teacher (done)" in second
         and "distill the one-step student (done)" in second
     )

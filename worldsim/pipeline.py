@@ -1,6 +1,7 @@
 """`worldsim pipeline`: one command from a game to a playable world.
 
-collect -> train -> distill -> bundle -> eval, in one folder. Each stage is skipped when
+collect -> train -> distill -> bundle -> fit the reward/end model to the world's drawings ->
+eval, in one folder. Each stage is skipped when
 its output is already complete and resumed when it was interrupted, so re-running the same
 command after a crash picks up where it stopped.
 """
@@ -47,6 +48,11 @@ class PresetConfig:
     """Student distillation steps (the time budget usually ends it first)."""
     distill_minutes: float = 2.0
     """Student distillation time budget."""
+    reward_steps: int = 100_000
+    """Steps of the reward/end model's fit to the bundled world's own drawings (`worldsim
+    train reward_only=true drawn=0.5`: the world shows it drawings, not the game's frames)."""
+    reward_minutes: float = 1.5
+    """Its time budget; 0 (with reward_steps) skips the stage."""
     eval_starts: int = 8
     """Held-out starts scored by eval."""
     eval_horizon: int = 16
@@ -60,13 +66,14 @@ class PresetConfig:
             "batch_size",
             "train_steps",
             "distill_steps",
+            "reward_steps",
             "eval_starts",
             "eval_horizon",
             "eval_long_play",
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"preset.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("train_minutes", "distill_minutes"):
+        for key in ("train_minutes", "distill_minutes", "reward_minutes"):
             if getattr(self, key) < 0:
                 raise ValueError(
                     f"preset.{key} must be >= 0 (0 = no budget), got {getattr(self, key)}"
@@ -91,7 +98,7 @@ class PipelineConfig:
     name: Literal["quick", "full", "custom"] = "custom"
     """Name of the preset (set by preset=...)."""
     root: str = ""
-    """Folder holding data/, teacher/, student/, world/ (and world/eval/); empty =
+    """Folder holding data/, teacher/, student/, reward/, world/ (and world/eval/); empty =
     pipelines/<game>-<preset>, e.g. pipelines/pong-quick for env=atari env.id=Pong."""
     seed: int = 0
     """Seeds every stage."""
@@ -117,6 +124,13 @@ def _complete_run(run: Path, steps: int, minutes: float) -> bool:
     return state["step"] >= steps or bool(spent)
 
 
+def _made_from(world: Path) -> Path | None:
+    """The run a world folder's teacher (and reward/end model) came from, if it has one."""
+    if not (world / "world.json").is_file():
+        return None
+    return Path(files.load_json(world / "world.json")["source"]["run"]).resolve()
+
+
 def default_root(env: EnvConfig, preset: str) -> Path:
     """pipelines/<game>-<preset>: the game's id without its namespace or version, lowercased.
 
@@ -134,7 +148,7 @@ def _check_game(root: Path, env: EnvConfig) -> None:
     want, found = env.id, []
     if (root / "data" / "manifest.json").is_file():
         found.append(("data", Dataset.open(root / "data").meta.get("env_id")))
-    for stage in ("teacher", "student"):
+    for stage in ("teacher", "student", "reward"):
         if (root / stage / "latest").is_file():
             try:
                 state = files.load_json(world_file.latest_checkpoint(root / stage) / "state.json")
@@ -173,7 +187,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
     except DataError:
         have = 0
     if have < p.collect_steps:
-        print(f"[1/5] collect: {p.collect_steps - have} steps of {cfg.env.name}")
+        print(f"[1/6] collect: {p.collect_steps - have} steps of {cfg.env.name}")
         collect(
             CollectConfig(
                 env=cfg.env,
@@ -185,7 +199,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
             )
         )
     print(
-        "[2/5] train the teacher"
+        "[2/6] train the teacher"
         + (" (done)" if _complete_run(teacher, p.train_steps, p.train_minutes) else "")
     )
     if not _complete_run(teacher, p.train_steps, p.train_minutes):
@@ -205,7 +219,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
             )
         )
     print(
-        "[3/5] distill the one-step student"
+        "[3/6] distill the one-step student"
         + (" (done)" if _complete_run(student, p.distill_steps, p.distill_minutes) else "")
     )
     if not _complete_run(student, p.distill_steps, p.distill_minutes):
@@ -224,10 +238,37 @@ def pipeline(cfg: PipelineConfig) -> Path:
             )
         )
     if not (world / "world.json").exists():
-        print("[4/5] bundle the world")
+        print("[4/6] bundle the world")
         bundle(BundleConfig(run=str(teacher), student=str(student), out=str(world)))
+    reward = root / "reward"
+    if p.reward_minutes > 0 and _made_from(world) != reward.resolve():
+        print("[5/6] fit the reward/end model to the world's drawings")
+        if not _complete_run(reward, p.reward_steps, p.reward_minutes):
+            train(
+                TrainConfig(
+                    env=cfg.env,
+                    data=str(data),
+                    out=str(reward),
+                    model=p.model,
+                    init=str(world),
+                    reward_only=True,
+                    drawn=0.5,
+                    batch_size=p.batch_size,
+                    device=cfg.device,
+                    steps=p.reward_steps,
+                    minutes=p.reward_minutes,
+                    seed=cfg.seed,
+                    resume=(reward / "latest").exists(),
+                )
+            )
+        still = files.load_json(world / "world.json").get("still")
+        bundle(
+            BundleConfig(
+                run=str(reward), student=str(world), out=str(world), overwrite=True, still=still
+            )
+        )
     if not (world / "eval" / "report.json").exists():
-        print("[5/5] evaluate on held-out episodes")
+        print("[6/6] evaluate on held-out episodes")
         print(
             summary(
                 evaluate(

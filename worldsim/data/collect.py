@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from worldsim.config import to_json
 from worldsim.data.store import DataError, Dataset, Episode, save_episode
 from worldsim.games import EnvConfig, action_meanings, make_env
 from worldsim.policies import Policy, PolicyConfig
@@ -125,6 +126,7 @@ def collect(cfg: CollectConfig) -> Dataset:
         cfg.out,
         env_id=cfg.env.id,
         env=cfg.env.name,
+        game=to_json(cfg.env),  # how to make the game again (a world's `real` env, evals)
         action_meanings=action_meanings(env),
         frame_size=frame_size,
         test_fraction=cfg.test_fraction,

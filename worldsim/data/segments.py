@@ -152,7 +152,29 @@ class SegmentSampler:
         return tuple(x[0] for x in self._gather(np.array([index])))
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Segment:
-        obs, act, rew, end, mask, life = self._gather(rng.integers(0, len(self), batch_size))
+        return self._segments(rng.integers(0, len(self), batch_size))
+
+    def events(self) -> list[np.ndarray]:
+        """The one-step segments whose target step is a rare event, by kind: the episode
+        ends, the lost lives that did not end the episode, and the steps of each non-zero
+        reward value; kinds the data has none of are left out."""
+        if self.h != 1:
+            raise ValueError(f"events are one-step segments; this sampler's horizon is {self.h}")
+        _, rews, ends, lost = self.flat  # one-step segment j is flat transition j
+        kinds = [ends, lost & ~ends] + [rews == v for v in np.unique(rews[rews != 0])]
+        return [np.flatnonzero(k) for k in kinds if k.any()]
+
+    def sample_events(self, n: int, rng: np.random.Generator, events: list[np.ndarray]) -> Segment:
+        """n one-step segments drawn from `events` (from `events()`), the kinds in turn from
+        a random one, so that each has an equal share: a Pong end, seen once in ~800 steps,
+        is then as common in these as a lost life or a point."""
+        first = int(rng.integers(len(events)))
+        kind = (first + np.arange(n)) % len(events)
+        index = np.array([events[k][rng.integers(len(events[k]))] for k in kind], np.int64)
+        return self._segments(index)
+
+    def _segments(self, index: np.ndarray) -> Segment:
+        obs, act, rew, end, mask, life = self._gather(index)
         return Segment(
             torch.from_numpy(obs).permute(0, 1, 4, 2, 3).contiguous(),
             torch.from_numpy(act),

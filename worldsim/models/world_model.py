@@ -61,11 +61,20 @@ class WorldModel(nn.Module):
         return (rewards[:, None] - self.reward_values[None]).abs().argmin(dim=1)
 
     def forward(
-        self, obs, act, rew, end, generator=None, life=None, denoiser: bool = True
+        self,
+        obs,
+        act,
+        rew,
+        end,
+        generator=None,
+        life=None,
+        denoiser: bool = True,
+        denoise_rows: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """obs (B, K+1, 3, H, W) uint8, act (B, K), rew (B,), end (B,), life (B,) -> loss,
         metrics. `denoiser=False` leaves the denoiser out (training the reward model alone);
-        the metric `loss` is then the reward model's."""
+        the metric `loss` is then the reward model's. The denoiser learns from the first
+        `denoise_rows` rows (None: all); the rest are rare events drawn for the reward model."""
         K = self.cfg.denoiser.context
         frames = to_unit(obs)
         ctx, x0 = frames[:, :K], frames[:, K]
@@ -85,5 +94,6 @@ class WorldModel(nn.Module):
         )
         if not denoiser:
             return loss_r, {"loss": loss_r.item(), "reward_loss": loss_r.item()}
-        loss_d = denoising_loss(self.denoiser, x0, ctx, act, generator)
+        n = denoise_rows
+        loss_d = denoising_loss(self.denoiser, x0[:n], ctx[:n], act[:n], generator)
         return loss_d + loss_r, {"loss": loss_d.item(), "reward_loss": loss_r.item()}

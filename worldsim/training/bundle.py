@@ -79,9 +79,10 @@ def bundle(cfg: BundleConfig) -> Path:
         "lives": bool(state.get("lives")) and model_cfg.reward.life_head and _loses_lives(ds),
         "env": {
             **state["config"].get("env", {}),
-            # the game the data was recorded from names it (a run given only `data=` keeps
-            # the default env config's name)
+            # the game the data was recorded from names it, and makes it where the data
+            # keeps how (a run given only `data=` keeps the default env config)
             **({"name": ds.meta["env"]} if isinstance(ds.meta.get("env"), str) else {}),
+            **(ds.meta["game"] if isinstance(ds.meta.get("game"), dict) else {}),
             "id": state["env_id"],
             "frame_size": state["frame_size"][0],
         },

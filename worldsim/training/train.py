@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from worldsim import files
 from worldsim.config import to_json
-from worldsim.data.segments import SegmentSampler
+from worldsim.data.segments import Segment, SegmentSampler
 from worldsim.data.store import Dataset
 from worldsim.files import atomic_write
 from worldsim.games import EnvConfig
 from worldsim.models.reward import balanced_weight
-from worldsim.models.world_model import ModelConfig, WorldModel
+from worldsim.models.world_model import ModelConfig, WorldModel, to_uint8, to_unit
 from worldsim.runtime import (
     TRAIN_PRECISIONS,
     autocast,
@@ -153,11 +153,32 @@ class TrainConfig(RunConfig):
     """A world folder (or run folder) to start from: its denoiser (which must have this run's
     model config), and its reward/end model when that fits too. Empty = fresh weights."""
     reward_only: bool = False
-    """Train only the reward/end model; the denoiser stays as init= gave it. Minutes on a
-    CPU: e.g. to give a world the lost-life output from data recorded with lives."""
+    """Train only the reward/end model; the denoiser stays as init= gave it (its config too,
+    whatever `model.denoiser` says). Minutes on a CPU: e.g. to give a world the lost-life
+    output from data recorded with lives, or a better end model."""
+    events: float = 0.5
+    """Rare events added to each step's batch for the reward/end model alone, as a share of
+    `batch_size`: transitions that ended the episode, lost a life or scored, each kind in an
+    equal share (`SegmentSampler.sample_events`). Without them a game's rare ends are seen a
+    few times a run and its end model predicts noise. The denoiser learns from the plain
+    batch only. 0 = none: the reward/end model then learns from that batch, its rare classes
+    weighted up instead."""
+
+    drawn: float = 0.0
+    """With reward_only=true and init= a world: the share of the reward/end model's next
+    frames that are that world's own one-step draws (from the real context and action, its
+    sampler and still level) in place of the real ones, labelled with what the real step
+    did. The world shows the reward/end model its drawings, not the game's frames; a model
+    that only saw real ones reads a digit the world draws a little off as a lost life."""
 
     def __post_init__(self):
         super().__post_init__()
+        if not (math.isfinite(self.drawn) and 0 <= self.drawn <= 1):
+            raise ValueError(f"drawn must be in [0, 1], got {self.drawn}")
+        if self.drawn and not self.reward_only:
+            raise ValueError("drawn > 0 needs reward_only=true and init=<world folder>")
+        if not (math.isfinite(self.events) and 0 <= self.events <= 4):
+            raise ValueError(f"events must be in [0, 4] (a share of batch_size), got {self.events}")
         if self.reward_only and not self.init:
             raise ValueError("reward_only=true needs init=<world folder> (the denoiser to keep)")
 
@@ -174,6 +195,9 @@ class Trainer:
             if not isinstance(cfg, TrainConfig):
                 raise TypeError(f"a {type(cfg).__name__} names no model: give model_cfg")
             model_cfg = cfg.model
+            if cfg.reward_only:  # the denoiser is init's, kept as it is: so is its config
+                init_cfg = world_file.load_source(cfg.init).model_cfg
+                model_cfg = replace(model_cfg, denoiser=init_cfg.denoiser)
         self.cfg, self.model_cfg = cfg, model_cfg
         self.rank, self.world_size = _init_distributed()
         self.device = resolve_device(cfg.device, self.rank)
@@ -195,6 +219,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
         )
+        self.events = self.train_data.events() if self.n_events else []
+        self.drawer = self._drawer()
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.warmup: int | None = None  # a time-budgeted run's warm-up, once decided
@@ -354,7 +380,11 @@ class Trainer:
 
         def draw(s):
             rng = np.random.default_rng([self.cfg.seed, self.rank, s])
-            return self.train_data.sample(self.cfg.batch_size, rng)
+            batch = self.train_data.sample(self.cfg.batch_size, rng)
+            if not self.events:
+                return batch
+            extra = self.train_data.sample_events(self.n_events, rng, self.events)
+            return Segment(*(torch.cat(pair) for pair in zip(batch, extra, strict=True)))
 
         if self._next is not None and self._next[0] == step:
             batch = self._next[1].result()
@@ -442,20 +472,29 @@ class Trainer:
         return self.cfg
 
     # --- what a subclass (the distiller) changes -----------------------------------------
+    @property
+    def n_events(self) -> int:
+        """Rare-event transitions added to each batch for the reward/end model (none in a run
+        that trains no reward model, such as a distillation)."""
+        if not isinstance(self.cfg, TrainConfig):
+            return 0
+        return round(self.cfg.events * self.cfg.batch_size)
+
     def build_model(self, reward_values: list[float]) -> torch.nn.Module:
         model = WorldModel(self.model_cfg, len(self.ds.action_meanings), reward_values)
         _, rews, ends, lost = self.train_data.flat
-        if not self.model_cfg.reward.end_weight:  # balance the rare ends and lost lives
-            model.end_weight = balanced_weight(int(ends.sum()), len(ends))
-            model.life_weight = balanced_weight(int(lost.sum()), len(lost))
-        classes = model.reward_index(torch.from_numpy(rews).float())
-        counts = torch.bincount(classes, minlength=len(reward_values)).tolist()
-        model.reward_weight = torch.tensor(  # and the rare rewards (the zero class stays 1)
-            [
-                1.0 if v == 0 else balanced_weight(n, len(rews))
-                for v, n in zip(reward_values, counts, strict=True)
-            ]
-        )
+        if not self.n_events:  # no events drawn: weigh the rare classes up instead
+            if not self.model_cfg.reward.end_weight:
+                model.end_weight = balanced_weight(int(ends.sum()), len(ends))
+                model.life_weight = balanced_weight(int(lost.sum()), len(lost))
+            classes = model.reward_index(torch.from_numpy(rews).float())
+            counts = torch.bincount(classes, minlength=len(reward_values)).tolist()
+            model.reward_weight = torch.tensor(  # the zero class stays 1
+                [
+                    1.0 if v == 0 else balanced_weight(n, len(rews))
+                    for v, n in zip(reward_values, counts, strict=True)
+                ]
+            )
         cfg = self.train_cfg
         if cfg.init:
             _init_from(model, Path(cfg.init), reward_values)
@@ -463,17 +502,43 @@ class Trainer:
             model.denoiser.requires_grad_(False)
         return model
 
+    def _drawer(self):
+        """The init world that draws the reward/end model's next frames (`drawn`), or None."""
+        if not isinstance(self.cfg, TrainConfig) or not self.cfg.drawn:
+            return None
+        from worldsim.sim.world import World
+
+        bundle = world_file.load_world(self.cfg.init, self.device)
+        if bundle.student is None:
+            raise ValueError(f"drawn > 0 needs a world with a one-step student; {self.cfg.init}")
+        return World(bundle)
+
+    def with_drawn(self, obs: torch.Tensor, act: torch.Tensor, gen) -> torch.Tensor:
+        """obs (B, K+1, 3, H, W) uint8 with the target frames of a `drawn` share of its rows,
+        spread evenly over the plain batch and the events, drawn by the init world from
+        their real context and actions."""
+        if self.drawer is None:
+            return obs
+        share, K = self.train_cfg.drawn, self.model_cfg.denoiser.context
+        i = torch.arange(len(obs), device=obs.device)
+        rows = torch.floor((i + 1) * share) > torch.floor(i * share)
+        obs = obs.clone()
+        drawn = self.drawer.draw(to_unit(obs[rows, :K]), act[rows, :K], gen)
+        obs[rows, K] = to_uint8(drawn)
+        return obs
+
     def compute_loss(self, model, batch, gen) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch of segments under `model` (the DDP-wrapped one, or the EMA)."""
         K, dev = self.model_cfg.denoiser.context, self.device
         return model(
-            batch.obs.to(dev),
+            self.with_drawn(batch.obs.to(dev), batch.act.to(dev), gen),
             batch.act[:, :K].to(dev),
             batch.rew[:, 0].to(dev),
             batch.end[:, 0].to(dev),
             gen,
             life=batch.life[:, 0].to(dev),
             denoiser=not self.train_cfg.reward_only,
+            denoise_rows=self.cfg.batch_size,
         )
 
     def write_samples(self, path: Path) -> None:
@@ -498,10 +563,11 @@ class Trainer:
         print(
             f"{self.run}: {self.step} steps in {self.elapsed / 60:.1f} min ({per_step:.2f} s/step)"
         )
-        if self.step < self.min_useful_steps:
+        useful = 100 if isinstance(cfg, TrainConfig) and cfg.reward_only else self.min_useful_steps
+        if self.step < useful:
             print(
                 f"warning: {self.step} steps are too few for a useful world (aim for at least "
-                f"{self.min_useful_steps}); is the machine busy? Continue with resume=true and a "
+                f"{useful}); is the machine busy? Continue with resume=true and a "
                 "larger "
                 f"minutes= (now {cfg.minutes:g}), or free the CPU",
                 file=sys.stderr,
