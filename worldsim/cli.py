@@ -109,7 +109,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
 
     return {
         "pipeline": (
-            "game -> playable world in one command: collect, train, distill, bundle, eval",
+            "game -> playable world in one command: collect, train, distill, bundle, fit the "
+            "reward/end model to the world's drawings, eval",
             cfg_of("worldsim.pipeline", "PipelineConfig"),
             _pipeline,
         ),

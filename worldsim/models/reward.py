@@ -20,11 +20,13 @@ class RewardConfig:
     channels: tuple[int, ...] = (32, 64, 64)
     """Channels of its stride-2 convolutions."""
     end_weight: float = 0.0
-    """Weight of the (rare) positive class in the episode-end and lost-life losses; 0 = from
-    the training data: the square root of the ratio of negatives to positives, in [1, 100]
-    (Pong ends once in ~800 steps: ~28). The decision threshold is then chosen on data
-    (`best_threshold`), so the weight only has to make the rare class learnable. Rare
-    non-zero rewards (a maze's exit) are always weighed up the same way, from the data."""
+    """Weight of the (rare) positive class in the episode-end and lost-life losses; 0 = 1
+    where training draws rare events beside each batch (`worldsim train events=`, on by
+    default: they balance the classes), else from the training data: the square root of the
+    ratio of negatives to positives, in [1, 100] (Pong ends once in ~800 steps: ~28), rare
+    non-zero rewards (a maze's exit) weighed up the same way. The decision threshold is then
+    chosen on data (`best_threshold`), so the weight only has to make the rare class
+    learnable."""
     life_head: bool = False
     """Also predict whether the step lost a life, for games that report lives (their data
     records it); RL in the world can then end episodes there (`worldsim rl life_loss=...`)."""
