@@ -52,7 +52,7 @@ class PresetConfig:
     """Steps of the reward/end model's fit to the bundled world's own drawings (`worldsim
     train reward_only=true drawn=0.5`: the world shows it drawings, not the game's frames)."""
     reward_minutes: float = 1.5
-    """Its time budget; 0 (with reward_steps) skips the stage."""
+    """Its time budget; 0 skips the stage."""
     eval_starts: int = 8
     """Held-out starts scored by eval."""
     eval_horizon: int = 16
@@ -202,22 +202,21 @@ def pipeline(cfg: PipelineConfig) -> Path:
         "[2/6] train the teacher"
         + (" (done)" if _complete_run(teacher, p.train_steps, p.train_minutes) else "")
     )
+    teacher_cfg = TrainConfig(
+        env=cfg.env,
+        data=str(data),
+        out=str(teacher),
+        model=p.model,
+        batch_size=p.batch_size,
+        optim=replace(TrainConfig().optim, lr=p.lr, decay=p.lr_decay),
+        device=cfg.device,
+        steps=p.train_steps,
+        minutes=p.train_minutes,
+        seed=cfg.seed,
+        resume=(teacher / "latest").exists(),
+    )
     if not _complete_run(teacher, p.train_steps, p.train_minutes):
-        train(
-            TrainConfig(
-                env=cfg.env,
-                data=str(data),
-                out=str(teacher),
-                model=p.model,
-                batch_size=p.batch_size,
-                optim=replace(TrainConfig().optim, lr=p.lr, decay=p.lr_decay),
-                device=cfg.device,
-                steps=p.train_steps,
-                minutes=p.train_minutes,
-                seed=cfg.seed,
-                resume=(teacher / "latest").exists(),
-            )
-        )
+        train(teacher_cfg)
     print(
         "[3/6] distill the one-step student"
         + (" (done)" if _complete_run(student, p.distill_steps, p.distill_minutes) else "")
@@ -245,19 +244,15 @@ def pipeline(cfg: PipelineConfig) -> Path:
         print("[5/6] fit the reward/end model to the world's drawings")
         if not _complete_run(reward, p.reward_steps, p.reward_minutes):
             train(
-                TrainConfig(
-                    env=cfg.env,
-                    data=str(data),
+                replace(  # the teacher's run, its reward/end model alone, at the default rate
+                    teacher_cfg,
                     out=str(reward),
-                    model=p.model,
                     init=str(world),
                     reward_only=True,
                     drawn=0.5,
-                    batch_size=p.batch_size,
-                    device=cfg.device,
+                    optim=TrainConfig().optim,
                     steps=p.reward_steps,
                     minutes=p.reward_minutes,
-                    seed=cfg.seed,
                     resume=(reward / "latest").exists(),
                 )
             )
