@@ -15,6 +15,7 @@ TINY = [
     "preset.distill_steps=2",
     "preset.reward_steps=2",
     "preset.batch_size=4",
+    "preset.procs=1",
     "preset.eval_starts=2",
     "preset.eval_horizon=2",
     "preset.model.denoiser.context=2",
@@ -68,6 +69,7 @@ def test_preset_values_are_checked_before_any_stage_runs(tmp_path):
         ("preset.eval_horizon=0", "preset.eval_horizon must be >= 1"),
         ("preset.train_minutes=-1", "preset.train_minutes must be >= 0"),
         ("preset.test_fraction=1.5", "preset.test_fraction must be in"),
+        ("preset.procs=-1", "preset.procs must be in"),
     ):
         with pytest.raises(ValueError, match=msg):
             load_config("pipeline", PipelineConfig, [f"root={tmp_path}", bad])

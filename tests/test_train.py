@@ -128,6 +128,24 @@ def test_ddp_with_two_cpu_processes_writes_one_checkpoint(bricks32, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000004"]
     assert files.load_json(run / "checkpoints" / "step_0000004" / "state.json")["step"] == 4
+    # procs=2 starts the same two one-thread processes itself: the same batches, the same
+    # averaged gradients, so the same weights; only the first process writes the log
+    spawned = tmp_path / "procs"
+    train(config(bricks32, spawned, "steps=4", "ckpt_every=4", "batch_size=4", "procs=2"))
+    a, b = _weights(run), _weights(spawned)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((spawned / "log.jsonl").read_text().splitlines()) == 4
+
+
+def test_an_error_in_a_training_process_comes_back_on_one_line(tmp_path, capsys):
+    from worldsim.cli import main
+
+    (tmp_path / "empty").mkdir()
+    code = main(["train", f"data={tmp_path / 'empty'}", f"out={tmp_path / 'run'}", "procs=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("worldsim train: error: training process ") and "\n" not in err
+    assert "not a worldsim dataset" in err
 
 
 def test_pickled_checkpoint_is_refused(small_run, tmp_path):

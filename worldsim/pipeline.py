@@ -35,7 +35,10 @@ class PresetConfig:
     )
     """World model size (the reward/end model also learns lost lives)."""
     batch_size: int = 32
-    """Training (and distillation) batch size."""
+    """Training (and distillation) batch size, per process."""
+    procs: int = 0
+    """Processes that train (and distil) together, one thread each: 0 = one per core on a
+    CPU, one on a GPU (`worldsim train --help`, procs)."""
     lr: float = 3e-4
     """Teacher learning rate."""
     lr_decay: float = 0.0
@@ -78,6 +81,10 @@ class PresetConfig:
                 raise ValueError(
                     f"preset.{key} must be >= 0 (0 = no budget), got {getattr(self, key)}"
                 )
+        if not 0 <= self.procs <= 256:
+            raise ValueError(
+                f"preset.procs must be in [0, 256] (0 = one per core), got {self.procs}"
+            )
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"preset.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.lr <= 0:
@@ -208,6 +215,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
         out=str(teacher),
         model=p.model,
         batch_size=p.batch_size,
+        procs=p.procs,
         optim=replace(TrainConfig().optim, lr=p.lr, decay=p.lr_decay),
         device=cfg.device,
         steps=p.train_steps,
@@ -228,6 +236,7 @@ def pipeline(cfg: PipelineConfig) -> Path:
                 data=str(data),
                 out=str(student),
                 batch_size=p.batch_size,
+                procs=p.procs,
                 steps=p.distill_steps,
                 minutes=p.distill_minutes,
                 seed=cfg.seed,

@@ -144,3 +144,71 @@ def autocast(device, precision: str):
 
     on = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def processes(procs: int, device: str) -> int:
+    """How many processes a run trains in: `procs`, or for 0 one per core this process may
+    use on a CPU and one on a GPU. One under torchrun, which starts its own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    if procs:
+        return procs
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def in_processes(fn, cfg, n: int) -> None:
+    """Run `fn(cfg)` in `n` processes of one thread each, data-parallel as under torchrun
+    (gloo over localhost; rank 0 shows progress and writes the run). A process's error is
+    raised here on one line; Ctrl-C or SIGTERM here stops them all."""
+    import logging
+    import re
+    import socket
+
+    import torch.multiprocessing as mp
+
+    # torch warns as it stops the other processes after one fails: the error says enough
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(
+        _worker, args=(fn, cfg, n, port), nprocs=n, join=False, start_method="spawn"
+    )
+    try:
+        while not ctx.join():
+            pass
+    except mp.ProcessRaisedException as e:  # its traceback's last line: "ValueError: ..."
+        last = [line for line in str(e).splitlines() if line.strip()][-1]
+        if last.startswith("KeyboardInterrupt"):
+            raise KeyboardInterrupt from None
+        last = re.sub(r"^[\w.]*(Error|Exception): ", "", last)  # the message, not its type
+        raise ValueError(f"training process {e.error_index}: {last}") from None
+    except mp.ProcessExitedException as e:
+        raise ValueError(f"training process {e.error_index} exited ({e.exit_code})") from None
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+        for p in ctx.processes:
+            p.join()
+
+
+def _worker(rank: int, fn, cfg, n: int, port: int) -> None:
+    import torch
+
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(n),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    fn(cfg)

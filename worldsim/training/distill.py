@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 import torch
+import torch.distributed as dist
 
 from worldsim import files
 from worldsim.data.store import DataError, Dataset
@@ -38,7 +39,7 @@ from worldsim.models.loss import motion_weights
 from worldsim.models.prepare import prepare
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, ode_step, onestep, sample
 from worldsim.models.world_model import WorldModel, to_uint8, to_unit
-from worldsim.runtime import resolve_precision
+from worldsim.runtime import in_processes, processes, resolve_precision
 from worldsim.sim import world_file
 from worldsim.training.train import RunConfig, Trainer
 
@@ -354,5 +355,13 @@ class Distiller(Trainer):
 
 
 def distill(cfg: DistillConfig) -> Path:
-    Distiller(cfg).fit()
+    n = processes(cfg.procs, cfg.device)
+    if n > 1:
+        in_processes(distill, cfg, n)
+    else:
+        try:
+            Distiller(cfg).fit()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return Path(cfg.out)

@@ -34,6 +34,8 @@ from worldsim.runtime import (
     TRAIN_PRECISIONS,
     autocast,
     check_precision,
+    in_processes,
+    processes,
     resolve_device,
     warn_if_bf16_emulated,
 )
@@ -115,6 +117,11 @@ class RunConfig:
     """Continue the run in `out` from its last checkpoint."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
+    procs: int = 1
+    """Processes that train together on this machine, data-parallel, one thread each
+    (`batch_size` is per process). On a CPU a small model trains about twice as fast as one
+    one-thread process per core as in one process using every core (BENCHMARKS.md, "One
+    process per core"). 0 = one per core on a CPU, one on a GPU. Under torchrun: 1."""
     precision: str = "auto"
     """auto (bfloat16 autocast on GPUs and on CPUs with AMX or AVX512-BF16, where it is
     faster; fp32 elsewhere), fp32 or bf16."""
@@ -139,6 +146,8 @@ class RunConfig:
             raise ValueError(f"ema_rampup must be in [0, 1], got {self.ema_rampup}")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no budget), got {self.minutes}")
+        if not 0 <= self.procs <= 256:
+            raise ValueError(f"procs must be in [0, 256] (0 = one per core), got {self.procs}")
 
 
 @dataclass(frozen=True)
@@ -615,10 +624,13 @@ class Trainer:
                 sps=f"{m['samples_per_s']:.0f}",
             )
             out_of_time = cfg.minutes > 0 and now - t0 > 60 * cfg.minutes
+            if cfg.minutes > 0 and self.world_size > 1:  # every process stops at the same step
+                out_of_time = self._any(out_of_time)
             due = self.step % cfg.eval_every == 0 or self.step == cfg.steps or out_of_time
             if due and self.test_data is not None:
                 m["heldout_loss"] = self.heldout_loss()
-                bar.write(f"step {self.step}: held-out loss {m['heldout_loss']:.4f}")
+                if self.rank == 0:
+                    bar.write(f"step {self.step}: held-out loss {m['heldout_loss']:.4f}")
             if self.rank == 0 and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                 self.write_samples(self.run / "samples" / f"step_{self.step:07d}.png")
             if log is not None:
@@ -627,8 +639,15 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save()
             if out_of_time:
-                bar.write(f"time budget of {cfg.minutes} min spent at step {self.step}")
+                if self.rank == 0:
+                    bar.write(f"time budget of {cfg.minutes} min spent at step {self.step}")
                 break
+
+    def _any(self, flag: bool) -> bool:
+        """Whether `flag` holds in any of the run's processes."""
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
 
 class TrainingError(ValueError):
@@ -719,6 +738,10 @@ def _init_distributed() -> tuple[int, int]:
 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the run folder."""
+    n = processes(cfg.procs, cfg.device)
+    if n > 1:
+        in_processes(train, cfg, n)
+        return Path(cfg.out)
     trainer = Trainer(cfg)
     try:
         trainer.fit()
