@@ -119,9 +119,10 @@ class RunConfig:
     """cpu, cuda, or auto (cuda when available)."""
     procs: int = 1
     """Processes that train together on this machine, data-parallel, one thread each
-    (`batch_size` is per process). On a CPU a small model trains about twice as fast as one
-    one-thread process per core as in one process using every core (BENCHMARKS.md, "One
-    process per core"). 0 = one per core on a CPU, one on a GPU. Under torchrun: 1."""
+    (`batch_size` is per process). On a 2-core CPU the quick model takes about twice the
+    steps per minute this way as one process using both cores on the same total batch
+    (BENCHMARKS.md, "One process per core"). 0 = one per core on a CPU, one on a GPU. Under
+    torchrun: 1."""
     precision: str = "auto"
     """auto (bfloat16 autocast on GPUs and on CPUs with AMX or AVX512-BF16, where it is
     faster; fp32 elsewhere), fp32 or bf16."""
