@@ -90,7 +90,10 @@ class LoopConfig:
     world_minutes: float = 0.0
     """Time budget of each iteration's world training (0 = none; the steps still bound it)."""
     batch_size: int = 32
-    """World training batch (segments per step)."""
+    """World training batch (segments per step, per process)."""
+    procs: int = 1
+    """Processes the world's training and distillation run in, one thread each (0 = one per
+    core this process may use: under `taskset -c 0`, one; `worldsim train --help`, procs)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup=50))
     """The world's optimizer (a fresh warm-up each iteration)."""
     student_steps: int = 300
@@ -147,6 +150,8 @@ class LoopConfig:
         for key in ("num_envs", "frame_stack", "max_episode_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.procs <= 256:
+            raise ValueError(f"procs must be in [0, 256] (0 = one per core), got {self.procs}")
         for key in ("sampler_steps", "student_steps", "first_world_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -415,6 +420,7 @@ class Loop:
             data=str(self.data),
             out=str(run),
             batch_size=cfg.batch_size,
+            procs=cfg.procs,
             steps=steps,
             minutes=cfg.world_minutes,
             eval_every=max(1, steps // 4),
