@@ -49,7 +49,7 @@ from worldsim.files import FORMAT_VERSION, atomic_write_json, load_json
 from worldsim.games import EnvConfig
 from worldsim.models.world_model import ModelConfig
 from worldsim.policies import PolicyConfig, Uniform
-from worldsim.runtime import check_precision, resolve_device, resolve_precision
+from worldsim.runtime import check_precision, check_procs, resolve_device, resolve_precision
 from worldsim.training.train import OptimConfig
 
 
@@ -150,8 +150,7 @@ class LoopConfig:
         for key in ("num_envs", "frame_stack", "max_episode_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.procs <= 256:
-            raise ValueError(f"procs must be in [0, 256] (0 = one per core), got {self.procs}")
+        check_procs(self.procs, "procs")
         for key in ("sampler_steps", "student_steps", "first_world_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")

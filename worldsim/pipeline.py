@@ -19,6 +19,7 @@ from worldsim.games import EnvConfig
 from worldsim.models.reward import RewardConfig
 from worldsim.models.world_model import ModelConfig
 from worldsim.policies import PolicyConfig
+from worldsim.runtime import check_procs
 from worldsim.sim import world_file
 
 
@@ -81,10 +82,7 @@ class PresetConfig:
                 raise ValueError(
                     f"preset.{key} must be >= 0 (0 = no budget), got {getattr(self, key)}"
                 )
-        if not 0 <= self.procs <= 256:
-            raise ValueError(
-                f"preset.procs must be in [0, 256] (0 = one per core), got {self.procs}"
-            )
+        check_procs(self.procs, "preset.procs")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"preset.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.lr <= 0:

@@ -161,6 +161,22 @@ def processes(procs: int, device: str) -> int:
     return max(1, cores or 1)
 
 
+def check_procs(procs: int, key: str = "procs") -> int:
+    """A `procs` setting: 0 (one per core) to 256."""
+    if not 0 <= procs <= 256:
+        raise ValueError(f"{key} must be in [0, 256] (0 = one per core), got {procs}")
+    return procs
+
+
+def spread(fn, cfg) -> bool:
+    """Run `fn(cfg)` in `cfg.procs` processes (see `processes`) when that is more than one,
+    and say whether it did; else the caller runs in this process."""
+    n = processes(cfg.procs, cfg.device)
+    if n > 1:
+        in_processes(fn, cfg, n)
+    return n > 1
+
+
 def in_processes(fn, cfg, n: int) -> None:
     """Run `fn(cfg)` in `n` processes of one thread each, data-parallel as under torchrun
     (gloo over localhost; rank 0 shows progress and writes the run). A process's error is

@@ -39,7 +39,7 @@ from worldsim.models.loss import motion_weights
 from worldsim.models.prepare import prepare
 from worldsim.models.samplers import SamplerConfig, karras_sigmas, ode_step, onestep, sample
 from worldsim.models.world_model import WorldModel, to_uint8, to_unit
-from worldsim.runtime import in_processes, processes, resolve_precision
+from worldsim.runtime import resolve_precision, spread
 from worldsim.sim import world_file
 from worldsim.training.train import RunConfig, Trainer
 
@@ -355,10 +355,7 @@ class Distiller(Trainer):
 
 
 def distill(cfg: DistillConfig) -> Path:
-    n = processes(cfg.procs, cfg.device)
-    if n > 1:
-        in_processes(distill, cfg, n)
-    else:
+    if not spread(distill, cfg):
         try:
             Distiller(cfg).fit()
         finally:

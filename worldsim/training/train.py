@@ -34,9 +34,9 @@ from worldsim.runtime import (
     TRAIN_PRECISIONS,
     autocast,
     check_precision,
-    in_processes,
-    processes,
+    check_procs,
     resolve_device,
+    spread,
     warn_if_bf16_emulated,
 )
 from worldsim.sim import world_file
@@ -147,8 +147,7 @@ class RunConfig:
             raise ValueError(f"ema_rampup must be in [0, 1], got {self.ema_rampup}")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0 (0 = no budget), got {self.minutes}")
-        if not 0 <= self.procs <= 256:
-            raise ValueError(f"procs must be in [0, 256] (0 = one per core), got {self.procs}")
+        check_procs(self.procs)
 
 
 @dataclass(frozen=True)
@@ -739,9 +738,7 @@ def _init_distributed() -> tuple[int, int]:
 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the run folder."""
-    n = processes(cfg.procs, cfg.device)
-    if n > 1:
-        in_processes(train, cfg, n)
+    if spread(train, cfg):
         return Path(cfg.out)
     trainer = Trainer(cfg)
     try:
